@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# A real single-node Apache Kafka broker (KRaft, broker+controller) from Maven Central jars, for the tests.
+#
+#   broker.sh fetch          download the jars into $KAFKA_LIB_DIR (skipped when already there)
+#   broker.sh start          format a fresh store under $KAFKA_RUN_DIR, start, wait until ready, print env lines
+#   broker.sh stop           SIGTERM, wait up to 30 s, then SIGKILL, by the recorded pid only
+#
+# Listeners: PLAINTEXT (tests), SASL_PLAINTEXT with SCRAM-SHA-256/512 users (security tests), CONTROLLER.
+# Ports are free ones picked at start unless KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_CTRL_PORT are set.
+# `start` prints KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=... and writes them to $KAFKA_RUN_DIR/env.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+KAFKA_LIB_DIR="${KAFKA_LIB_DIR:-$ROOT/.cache/kafka-$KAFKA_VERSION/lib}"
+KAFKA_RUN_DIR="${KAFKA_RUN_DIR:-$ROOT/.cache/kafka-run}"
+# SCRAM users the security tests log in with (test-only credentials on a loopback broker).
+SCRAM_USER="${KAFKA_SCRAM_USER:-rankrl}"
+SCRAM_PASSWORD="${KAFKA_SCRAM_PASSWORD:-rankrl-test-secret}"
+
+log() { echo "broker.sh: $*" >&2; }
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+
+fetch() {
+  if [ -f "$KAFKA_LIB_DIR/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    log "jars already in $KAFKA_LIB_DIR"
+    return
+  fi
+  command -v mvn >/dev/null || { log "mvn not found: install Maven (apt-get install maven)"; exit 1; }
+  log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIB_DIR"
+  mvn -B -q -f "$HERE/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB_DIR"
+}
+
+java_ok() {
+  command -v java >/dev/null || return 1
+  local v
+  v=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$v" ] && [ "$v" -ge 17 ]
+}
+
+write_config() {
+  cat > "$KAFKA_RUN_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CTRL_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+log.dirs=$KAFKA_RUN_DIR/data
+num.partitions=1
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.dedupe.buffer.size=16777216
+PROPS
+}
+
+start() {
+  java_ok || { log "Java 17 or newer is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
+  [ -f "$KAFKA_LIB_DIR/kafka_2.13-$KAFKA_VERSION.jar" ] || { log "no jars in $KAFKA_LIB_DIR: run '$0 fetch' first"; exit 1; }
+  if [ -f "$KAFKA_RUN_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_RUN_DIR/kafka.pid")" 2>/dev/null; then
+    log "a broker is already running (pid $(cat "$KAFKA_RUN_DIR/kafka.pid")); stop it first"; exit 1
+  fi
+  rm -rf "$KAFKA_RUN_DIR"; mkdir -p "$KAFKA_RUN_DIR/logs"
+  PORT="${KAFKA_PORT:-$(free_port)}"; SASL_PORT="${KAFKA_SASL_PORT:-$(free_port)}"; CTRL_PORT="${KAFKA_CTRL_PORT:-$(free_port)}"
+  write_config
+  local t0 cluster_id jvm=(java -Djava.awt.headless=true -Dlog4j2.configurationFile="$HERE/log4j2.properties"
+                          -Dkafka.logs.dir="$KAFKA_RUN_DIR/logs")
+  t0=$(date +%s.%N)
+  # Cluster id: 22-char base64url of 16 random bytes (a hyphenated uuid is rejected).
+  cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  "${jvm[@]}" -cp "$KAFKA_LIB_DIR/*" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+    -c "$KAFKA_RUN_DIR/server.properties" \
+    --add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" \
+    --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" > "$KAFKA_RUN_DIR/logs/format.log" 2>&1 \
+    || { log "format failed:"; cat "$KAFKA_RUN_DIR/logs/format.log" >&2; exit 1; }
+  # Heap: 1 GiB is plenty for tests (the stock 1G/1G; production advice of 6 GiB does not apply).
+  nohup "${jvm[@]}" -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent \
+    -cp "$KAFKA_LIB_DIR/*" kafka.Kafka "$KAFKA_RUN_DIR/server.properties" \
+    > "$KAFKA_RUN_DIR/logs/stdout.log" 2>&1 < /dev/null &
+  local pid=$!
+  echo "$pid" > "$KAFKA_RUN_DIR/kafka.pid"
+  local deadline=$(( $(date +%s) + ${KAFKA_START_TIMEOUT:-120} ))
+  until grep -q "Kafka Server started" "$KAFKA_RUN_DIR/logs/server.log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "broker exited during start-up; last lines:"
+      tail -n 30 "$KAFKA_RUN_DIR/logs/server.log" "$KAFKA_RUN_DIR/logs/stdout.log" >&2 || true
+      exit 1
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "broker not ready after ${KAFKA_START_TIMEOUT:-120}s; stopping it"; stop; exit 1
+    fi
+    sleep 0.2
+  done
+  log "ready in $(python3 -c "print(round($(date +%s.%N)-$t0,1))")s (format+start), pid $pid, logs in $KAFKA_RUN_DIR/logs"
+  {
+    echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT"
+    echo "KAFKA_SASL_BOOTSTRAP_SERVERS=127.0.0.1:$SASL_PORT"
+    echo "KAFKA_SCRAM_USER=$SCRAM_USER"
+    echo "KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD"
+  } | tee "$KAFKA_RUN_DIR/env"
+}
+
+stop() {
+  local pidfile="$KAFKA_RUN_DIR/kafka.pid"
+  [ -f "$pidfile" ] || { log "no pid file in $KAFKA_RUN_DIR: nothing to stop"; return 0; }
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then log "broker did not stop in 30s: SIGKILL"; kill -KILL "$pid" || true; fi
+  fi
+  rm -f "$pidfile"
+  log "stopped"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 fetch|start|stop" >&2; exit 2 ;;
+esac

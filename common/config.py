@@ -1,0 +1,263 @@
+"""Configuration: one frozen dataclass per concern, loaded TOML file -> `RANKRL_*` environment -> CLI flags.
+
+    [model]
+    actor_learning_rate = 3e-4    # or RANKRL_MODEL__ACTOR_LEARNING_RATE=1e-4, or --set model.actor_learning_rate=1e-4
+
+The environment is read here and nowhere else. A key is `RANKRL_<SECTION>__<FIELD>` (double underscore
+between section and field, so field names keep their own underscores). Unknown sections or fields and values
+of the wrong type fail at start with a message naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.reward import RewardConfig
+
+ENV_PREFIX = "RANKRL_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type, or out of range."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config {key}: {msg}")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where things live on disk."""
+
+    buffer_dir: str = "data/buffer"
+    registry_dir: str = "models"
+    results_dir: str = "results"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """CQL hyperparameters (the seed's defaults)."""
+
+    actor_learning_rate: float = 3e-4
+    critic_learning_rate: float = 3e-4
+    conservative_weight: float = 5.0
+    batch_size: int = 256
+    n_epochs: int = 100
+    n_critics: int = 2
+    gamma: float = 0.99
+    tau: float = 0.005
+    n_action_samples: int = 10
+    hidden_units: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        for k in ("actor_learning_rate", "critic_learning_rate", "tau"):
+            _check(getattr(self, k) > 0, f"model.{k}", "must be > 0")
+        _check(self.conservative_weight >= 0, "model.conservative_weight", "must be >= 0")
+        _check(self.batch_size >= 1, "model.batch_size", "must be >= 1")
+        _check(self.n_epochs >= 1, "model.n_epochs", "must be >= 1")
+        _check(self.n_critics >= 1, "model.n_critics", "must be >= 1")
+        _check(0.0 <= self.gamma <= 1.0, "model.gamma", "must be in [0, 1]")
+        _check(self.n_action_samples >= 1, "model.n_action_samples", "must be >= 1")
+        _check(all(h >= 1 for h in self.hidden_units), "model.hidden_units", "every layer needs >= 1 unit")
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    """The serving-time exploration family: Dirichlet(kappa * mean), mean floored so every alpha >= min_alpha."""
+
+    kappa: float = 100.0
+    min_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.kappa > 0, "exploration.kappa", "must be > 0")
+        _check(self.min_alpha > 0, "exploration.min_alpha", "must be > 0")
+        _check(self.min_alpha * 7 < self.kappa, "exploration.min_alpha", "7 * min_alpha must be < kappa")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Promotion-gate thresholds (see trainer/gate.py for what each guards against)."""
+
+    alpha: float = 0.05
+    min_lift: float = 0.0
+    min_ess: float = 1000.0
+    min_ess_fraction: float = 0.01
+    min_effective_conversions: float = 50.0
+    max_weight_share: float = 0.01
+    max_pareto_k: float = 0.7
+    max_mean_weight_deviation: float = 0.1
+    min_holdout_rows: int = 10_000
+    min_holdout_conversions: int = 300
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.alpha < 0.5, "gate.alpha", "must be in (0, 0.5)")
+        _check(0.0 < self.max_weight_share <= 1.0, "gate.max_weight_share", "must be in (0, 1]")
+        _check(self.min_holdout_rows >= 1, "gate.min_holdout_rows", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RankrlConfig:
+    """The whole configuration: one section per concern."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Convert a TOML/env/CLI value to the field's declared type, or raise ConfigError naming the key."""
+    bad = ConfigError(f"config {key} (from {origin}): cannot use {value!r} as {getattr(tp, '__name__', tp)}")
+    o = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise bad
+            return int(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if o is tuple:
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(v, item, key, origin) for v in value)
+    if o in (dict, Mapping) or tp is Mapping or o is typing.Mapping:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): float(v) for k, v in value.items()}
+    if o is types.UnionType or o is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value == ""):
+            return None
+        return _coerce(value, args[0], key, origin)
+    raise bad
+
+
+def _apply(section_obj: Any, section: str, values: Mapping[str, Any], origin: str) -> Any:
+    hints = typing.get_type_hints(type(section_obj))
+    known = {f.name for f in dataclasses.fields(section_obj)}
+    changes = {}
+    for k, v in values.items():
+        if k not in known:
+            raise ConfigError(f"config {section}.{k} (from {origin}): unknown field; known: {sorted(known)}")
+        changes[k] = _coerce(v, hints[k], f"{section}.{k}", origin)
+    try:
+        return dataclasses.replace(section_obj, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from {origin})") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {section} (from {origin}): {e}") from None
+
+
+def with_overrides(cfg: Any, layered: Mapping[str, Mapping[str, Any]], origin: str) -> Any:
+    """Apply {section: {field: value}} to a config tree of frozen dataclasses."""
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for section, values in layered.items():
+        if section not in sections:
+            raise ConfigError(f"config section [{section}] (from {origin}): unknown; known: {sorted(sections)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config [{section}] (from {origin}): expected a table of fields")
+        changes[section] = _apply(getattr(cfg, section), section, values, origin)
+    return dataclasses.replace(cfg, **changes)
+
+
+def env_overrides(environ: Mapping[str, str], sections: set[str]) -> dict[str, dict[str, str]]:
+    """`RANKRL_<SECTION>__<FIELD>=value` pairs, grouped by section. Other RANKRL_ variables are left alone."""
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, fld = name[len(ENV_PREFIX) :].partition("__")
+        section = section.lower()
+        if section in sections:
+            out.setdefault(section, {})[fld.lower()] = value
+    return out
+
+
+def parse_set_flags(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """CLI `--set section.field=value` flags, grouped by section."""
+    out: dict[str, dict[str, str]] = {}
+    for p in pairs:
+        key, eq, value = p.partition("=")
+        section, dot, fld = key.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {p!r}: expected section.field=value")
+        out.setdefault(section.strip(), {})[fld.strip()] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli: Mapping[str, Mapping[str, Any]] | None = None,
+    base: Any = None,
+) -> Any:
+    """TOML file, then environment, then CLI overrides, each over the previous. Returns a frozen config tree."""
+    cfg = base if base is not None else RankrlConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            with p.open("rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
+        cfg = with_overrides(cfg, doc, str(p))
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    env = env_overrides(os.environ if environ is None else environ, sections)
+    if env:
+        cfg = with_overrides(cfg, env, "environment")
+    if cli:
+        cfg = with_overrides(cfg, cli, "command line")
+    return cfg
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def describe(cfg: Any, prefix: str = "") -> list[str]:
+    """`section.field=value` lines of the effective configuration, secrets masked (logged once at start)."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            lines.extend(describe(v, name + "."))
+        elif any(w in f.name.lower() for w in _SECRET_WORDS) and v and not f.name.endswith("_file"):
+            lines.append(f"{name}=***")
+        else:
+            lines.append(f"{name}={v}")
+    return lines

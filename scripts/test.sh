@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: environment, lint, types, a real Kafka broker, pytest.
+#   scripts/test.sh [pytest args...]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source scripts/env.sh
+
+need_apt=()
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need_apt[*]} (Debian packages)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "== ruff" >&2
+ruff check .
+ruff format --check .
+echo "== mypy" >&2
+mypy
+
+echo "== kafka" >&2
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  ci/kafka/broker.sh fetch
+  export KAFKA_RUN_DIR="$ROOT/.cache/kafka-run"
+  trap 'ci/kafka/broker.sh stop' EXIT
+  eval "$(ci/kafka/broker.sh start | sed 's/^/export /')"
+fi
+
+echo "== pytest" >&2
+python -m pytest "$@"

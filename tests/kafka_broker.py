@@ -1,0 +1,90 @@
+"""Finding a real Kafka broker for the tests: KAFKA_BOOTSTRAP_SERVERS, else the local jar broker, else Docker.
+
+Never a mock. When none can be had the Kafka tests fail (not skip) with a message saying how to get one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER_SH = ROOT / "ci" / "kafka" / "broker.sh"
+KAFKA_VERSION = "4.1.1"
+
+HOW_TO_GET_ONE = (
+    "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS, or run `ci/kafka/broker.sh fetch` "
+    "(needs Java 17 + Maven Central), or start a Docker engine"
+)
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    bootstrap: str
+    sasl_bootstrap: str | None = None  # a SASL_PLAINTEXT listener with SCRAM users, when known
+    scram_user: str | None = None
+    scram_password: str | None = None
+    origin: str = "environment"
+
+    def topic(self, prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _java_ok() -> bool:
+    if shutil.which("java") is None:
+        return False
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    for token in out.split('"')[1:2]:
+        return int(token.split(".")[0]) >= 17
+    return False
+
+
+def _docker_ok() -> bool:
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20).returncode == 0
+    )
+
+
+@contextmanager
+def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
+    env_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env_bootstrap:
+        yield KafkaBroker(
+            bootstrap=env_bootstrap,
+            sasl_bootstrap=os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS"),
+            scram_user=os.environ.get("KAFKA_SCRAM_USER"),
+            scram_password=os.environ.get("KAFKA_SCRAM_PASSWORD"),
+        )
+        return
+    lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
+    if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() and _java_ok():
+        env = {**os.environ, "KAFKA_LIB_DIR": str(lib), "KAFKA_RUN_DIR": str(run_dir)}
+        r = subprocess.run([str(BROKER_SH), "start"], env=env, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"the local jar broker did not start:\n{r.stderr}")
+        vals = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+        try:
+            yield KafkaBroker(
+                bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"],
+                sasl_bootstrap=vals["KAFKA_SASL_BOOTSTRAP_SERVERS"],
+                scram_user=vals["KAFKA_SCRAM_USER"],
+                scram_password=vals["KAFKA_SCRAM_PASSWORD"],
+                origin="jar broker",
+            )
+        finally:
+            subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)
+        return
+    if _docker_ok():
+        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+
+        with KafkaContainer().with_kraft() as kc:
+            yield KafkaBroker(bootstrap=kc.get_bootstrap_server(), origin="testcontainers")
+        return
+    raise RuntimeError(HOW_TO_GET_ONE)

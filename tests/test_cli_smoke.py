@@ -1,0 +1,39 @@
+"""The real `rankrl` command line in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from common.schema import parse_event
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rankrl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_simulate_writes_valid_events(tmp_path: Path) -> None:
+    out = tmp_path / "e.jsonl"
+    r = run_cli("simulate", "--events", "1000", "--out", str(out), "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 1000
+    events = [parse_event(line) for line in lines]
+    assert len({e.log_id for e in events}) == 1000
+    assert all(e.logging_log_density is not None for e in events)
+    assert "events_per_s=" in r.stderr
+
+
+def test_help_lists_subcommands() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    assert "simulate" in r.stdout
+
+
+def test_bad_usage_exits_2() -> None:
+    r = run_cli("simulate")
+    assert r.returncode == 2
+    assert "--out" in r.stderr
