@@ -74,7 +74,7 @@ class ModelConfig:
 class ExplorationConfig:
     """The serving-time exploration family: Dirichlet(kappa * mean), mean floored so every alpha >= min_alpha."""
 
-    kappa: float = 100.0
+    kappa: float = 20.0
     min_alpha: float = 1.0
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class GateConfig:
     min_effective_conversions: float = 50.0
     max_weight_share: float = 0.01
     max_pareto_k: float = 0.7
-    max_mean_weight_deviation: float = 0.1
+    max_mean_weight_deviation: float = 0.05
     min_holdout_rows: int = 10_000
     min_holdout_conversions: int = 300
 

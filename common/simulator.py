@@ -85,8 +85,8 @@ class Contexts:
     brands: np.ndarray  # [n, M] int
     discounted: np.ndarray  # [n, M] bool
     desirability: np.ndarray  # [n, M]
-    user_brand_affinity: list[dict[str, float]]
-    user_category_spend: list[dict[str, float]]
+    brand_affinity: np.ndarray  # [n, n_brands], 0 for brands the user has no affinity to
+    category_spend: np.ndarray  # [n, n_categories], 0 for categories the user never bought
     session: np.ndarray  # [n, 4]: query_length, has_brand, has_price_terms, previous_searches
     user: np.ndarray  # [n, 4]: luxury, hesitation, purchases, category_diversity
 
@@ -103,8 +103,8 @@ class Contexts:
             brands=self.brands[idx],
             discounted=self.discounted[idx],
             desirability=self.desirability[idx],
-            user_brand_affinity=[self.user_brand_affinity[i] for i in idx],
-            user_category_spend=[self.user_category_spend[i] for i in idx],
+            brand_affinity=self.brand_affinity[idx],
+            category_spend=self.category_spend[idx],
             session=self.session[idx],
             user=self.user[idx],
         )
@@ -148,17 +148,14 @@ class RankingWorld:
         hes = np.minimum(rng.poisson(1.5, n), 8).astype(np.float64)
         purchases = rng.poisson(3.0, n).astype(np.float64)
         diversity = rng.beta(2.0, 3.0, n)
+        # k distinct liked brands / bought categories per user: the first k of a random permutation per row.
         n_liked = rng.choice(4, size=n, p=[0.35, 0.3, 0.2, 0.15])
-        aff = np.zeros((n, nb))
-        for i in range(n):
-            if n_liked[i]:
-                aff[i, rng.choice(nb, n_liked[i], replace=False)] = rng.uniform(0.5, 1.0, n_liked[i])
+        brand_rank = np.argsort(rng.random((n, nb)), axis=1).argsort(axis=1)
+        aff = np.where(brand_rank < n_liked[:, None], rng.uniform(0.5, 1.0, (n, nb)), 0.0)
         n_cats = 1 + rng.binomial(4, diversity)
-        spend = np.zeros((n, nc))
+        cat_rank = np.argsort(rng.random((n, nc)), axis=1).argsort(axis=1)
         base_spend = 60.0 + 500.0 * lux
-        for i in range(n):
-            cats = rng.choice(nc, n_cats[i], replace=False)
-            spend[i, cats] = base_spend[i] * rng.lognormal(0.0, 0.3, n_cats[i])
+        spend = np.where(cat_rank < n_cats[:, None], base_spend[:, None] * rng.lognormal(0.0, 0.3, (n, nc)), 0.0)
         session = np.stack(
             [1 + rng.poisson(2.0, n), rng.random(n) < 0.3, rng.random(n) < 0.15, rng.poisson(1.5, n)], axis=1
         ).astype(np.float64)
@@ -169,12 +166,12 @@ class RankingWorld:
         brand = rng.integers(0, nb, (n, m))
         des = rng.beta(2.0, 2.0, (n, m))
         disc = rng.random((n, m)) < 0.3
-        xi = rng.normal(0.0, 0.7, (n, m))  # hidden quality: only partly visible through the signals
+        xi = rng.normal(0.0, 0.4, (n, m))  # hidden quality: only partly visible through the signals
         brand_aff = np.take_along_axis(aff, brand, axis=1)
         lux_gap = np.abs(lux[:, None] - level)
         # Price-level fit matters to polarised users only (a neutral shopper does not mind); deals to hesitant ones.
         polar = 2.0 * np.abs(lux - 0.5)[:, None]
-        util = 1.2 * des + 2.0 * brand_aff - 5.0 * polar * lux_gap + 0.45 * hes[:, None] * disc + xi
+        util = 1.2 * des + 4.0 * brand_aff - 10.0 * polar * lux_gap + 0.8 * hes[:, None] * disc + xi
 
         phi = np.empty((n, m, 7))
         phi[..., 0] = des + rng.normal(0, 0.25, (n, m))  # collaborative positive
@@ -226,8 +223,8 @@ class RankingWorld:
             brands=brand,
             discounted=disc,
             desirability=des,
-            user_brand_affinity=[{BRANDS[j]: float(a[j]) for j in np.flatnonzero(a)} for a in aff],
-            user_category_spend=[{CATEGORIES[j]: float(s[j]) for j in np.flatnonzero(s)} for s in spend],
+            brand_affinity=aff,
+            category_spend=spend,
             session=session,
             user=np.stack([lux, hes, purchases, diversity], axis=1),
         )
@@ -325,6 +322,100 @@ class RankingWorld:
         w[:, 6] = 0.01 + 0.08 * hes
         return w / w.sum(axis=1, keepdims=True)
 
+    def null_move_policy(self, fraction: float) -> Policy:
+        """The logger with `fraction` of the duplicated signal's weight moved to its copy: an exact null.
+
+        Needs `duplicate_signal`: the served weights change (the importance weights are not 1) but the ranking,
+        hence every outcome, does not.
+        """
+        if self.config.duplicate_signal is None:
+            raise ValueError("null_move_policy needs a world with duplicate_signal set")
+        src, dst = self.config.duplicate_signal
+
+        def policy(states: np.ndarray) -> np.ndarray:
+            m = self.logging_policy(states).copy()
+            moved = fraction * m[:, src]
+            m[:, src] -= moved
+            m[:, dst] += moved
+            return m
+
+        return policy
+
+    def targeted_policy(self, beta: float) -> Policy:
+        """The logger tilted by `beta` towards what each user wants (price-level fit, brand, deals).
+
+        The cheapest way to buy lift with little movement from the logger: beta > 0 converts better,
+        beta < 0 worse, beta = 0 is the logger itself.
+        """
+
+        def policy(states: np.ndarray) -> np.ndarray:
+            s = np.asarray(states, dtype=np.float64)
+            g = np.zeros((len(s), 7))
+            g[:, 2] = 2.0 * np.abs(s[:, 0] - 0.5)
+            g[:, 3] = s[:, 4]
+            if self.config.duplicate_signal is None:
+                g[:, 6] = s[:, 1] / 4.0
+            z = np.log(self.logging_policy(s)) + beta * g
+            z -= z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+
+        return policy
+
+    # ---------------------------------------------------------------- realised outcomes
+    def sample_levels(
+        self, ctx: Contexts, actions: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Shown candidates [n, K] and the realised level [n, K] at each position (0 none … 4 purchase)."""
+        shown = self.rank(ctx, actions)
+        n, k = shown.shape
+        q = _gather(ctx.level_probs, shown)
+        examined = rng.random((n, k)) < self.examination[None, :]
+        u = rng.random((n, k, 1))
+        level = (u > np.cumsum(q, axis=-1)).sum(axis=-1)  # inverse-CDF draw of the level
+        return shown, np.minimum(level, 4) * examined
+
+    def logged_holdout(
+        self,
+        ctx: Contexts,
+        rng: np.random.Generator,
+        policy: Policy | None = None,
+        exploration: DirichletExploration | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Logged rows for these contexts without going through JSON (fast, for sweeps and tests).
+
+        Keys: states, actions, log_density, converted, reward, revenue, first_purchase_rank, and the exact
+        expected conversion of each row (`expected_conversion`), all computed as the events would carry them.
+        """
+        mean = (policy or self.logging_policy)(ctx.states)
+        actions, logp = (exploration or DirichletExploration()).sample(mean, rng)
+        shown, level = self.sample_levels(ctx, actions, rng)
+        cfg = self.config.reward
+        price = np.take_along_axis(ctx.prices, shown, axis=1)
+        bought = level == 4
+        deepest = level.max(axis=1)
+        pw = self.position_weights[None, :]
+        values = np.array([0.0, *(cfg.action_values[a] for a in ("click", "wishlist", "cart", "purchase"))])
+        purchase_reward = (
+            bought * pw * cfg.action_values["purchase"] * np.minimum(price / REVENUE_SCALE, REVENUE_CAP)
+        ).sum(1)
+        other_reward = ((level > 0) * pw).sum(axis=1) * values[deepest]
+        reward = np.where(
+            deepest == 4, purchase_reward, np.where(deepest == 0, cfg.no_interaction_penalty, other_reward)
+        )
+        first = np.where(bought.any(axis=1), bought.argmax(axis=1) + 1, 0)
+        conv_exp, _ = self.expected_outcomes(ctx, actions)
+        return {
+            "states": ctx.states,
+            "actions": actions.astype(np.float32),
+            "log_density": logp,
+            "converted": bought.any(axis=1),
+            "reward": reward,
+            "revenue": (bought * price).sum(axis=1),
+            "first_purchase_rank": first,
+            "expected_conversion": conv_exp,
+        }
+
     # ---------------------------------------------------------------- logged events
     def simulate(
         self,
@@ -371,13 +462,8 @@ class RankingWorld:
         interval_s: float,
         policy_version: str,
     ) -> list[dict]:
-        shown = self.rank(ctx, actions)
-        n, k = shown.shape
-        q = _gather(ctx.level_probs, shown)
-        examined = rng.random((n, k)) < self.examination[None, :]
-        u = rng.random((n, k, 1))
-        level = (u > np.cumsum(q, axis=-1)).sum(axis=-1)  # inverse-CDF draw of the level
-        level = np.minimum(level, 4) * examined
+        shown, level = self.sample_levels(ctx, actions, rng)
+        n = len(shown)
         ids = rng.integers(0, 2**63, size=(n, 2))
         events = []
         for r in range(n):
@@ -398,6 +484,7 @@ class RankingWorld:
             ]
             purchased = [rk for rk in ranks if level[r, rk - 1] == 4]
             st = ctx.states[r]
+            a_r, s_r = ctx.brand_affinity[r], ctx.category_spend[r]
             ev: dict[str, object] = {
                 "log_id": str(uuid.UUID(int=(int(ids[r, 0]) << 64) | int(ids[r, 1]), version=4)),
                 "created_at": datetime.fromtimestamp(t0 + (i0 + r) * interval_s, UTC).isoformat(),
@@ -408,8 +495,8 @@ class RankingWorld:
                         "hesitation_count": int(ctx.user[r, 1]),
                         "purchase_count": int(ctx.user[r, 2]),
                         "category_diversity": float(ctx.user[r, 3]),
-                        "brand_affinity": ctx.user_brand_affinity[r],
-                        "avg_category_spend": ctx.user_category_spend[r],
+                        "brand_affinity": {BRANDS[j]: float(a_r[j]) for j in np.flatnonzero(a_r)},
+                        "avg_category_spend": {CATEGORIES[j]: float(s_r[j]) for j in np.flatnonzero(s_r)},
                     },
                     "candidate_features": {
                         "count": int(st[12]),

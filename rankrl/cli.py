@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output JSONL file")
     s.add_argument("--seed", type=int, default=0, help="traffic seed (default 0)")
     s.add_argument("--world-seed", type=int, default=7, help="seed of the world's hidden parameters (default 7)")
-    s.add_argument("--kappa", type=float, default=100.0, help="exploration concentration (default 100)")
+    s.add_argument("--kappa", type=float, default=20.0, help="exploration concentration (default 20)")
     s.add_argument(
         "--policy",
         choices=["logging", "personalised"],
