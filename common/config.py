@@ -105,6 +105,62 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class StreamerConfig:
+    """The streamer daemon: source, sealing, retention, Kafka client and its security."""
+
+    source: str = "file://data/events.jsonl"  # or kafka://HOST:PORT[,HOST:PORT]/TOPIC
+    follow: bool = True  # file source: keep following appended lines
+    metrics_port: int = 9108  # 0 = no metrics server
+    segment_max_rows: int = 50_000
+    segment_max_age_s: float = 30.0
+    retention_max_age_s: float = 3 * 86_400.0  # a few days of traffic
+    retention_max_bytes: int = 20 * 2**30
+    dedup_window_s: float = 3_600.0
+    max_poll_records: int = 1000
+    max_retry_s: float = 300.0  # disk or broker errors: retry with backoff this long, then exit non-zero
+    group_id: str = "rankrl-streamer"
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password_env: str = "RANKRL_KAFKA_SASL_PASSWORD"  # the secret itself never sits in a config file
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_password_env: str = "RANKRL_KAFKA_SSL_PASSWORD"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.source.startswith(("file://", "kafka://")),
+            "streamer.source",
+            f"expected file://PATH or kafka://HOST:PORT/TOPIC, got {self.source!r}",
+        )
+        _check(self.segment_max_rows >= 1, "streamer.segment_max_rows", "must be >= 1")
+        _check(self.segment_max_age_s > 0, "streamer.segment_max_age_s", "must be > 0")
+        _check(
+            self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+            "streamer.security_protocol",
+            "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        )
+        _check(
+            self.sasl_mechanism in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+            "streamer.sasl_mechanism",
+            "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        )
+
+
+def resolve_secret(env_name: str, file: str = "", environ: Mapping[str, str] | None = None) -> str | None:
+    """A secret from a file (first line) or an environment variable; None when neither is set."""
+    if file:
+        try:
+            return Path(file).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            raise ConfigError(f"cannot read secret file {file}: {e}") from None
+    env = os.environ if environ is None else environ
+    return env.get(env_name) if env_name else None
+
+
+@dataclass(frozen=True)
 class RankrlConfig:
     """The whole configuration: one section per concern."""
 
@@ -113,6 +169,7 @@ class RankrlConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    streamer: StreamerConfig = field(default_factory=StreamerConfig)
 
 
 def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
@@ -206,9 +263,9 @@ def env_overrides(environ: Mapping[str, str], sections: set[str]) -> dict[str, d
     return out
 
 
-def parse_set_flags(pairs: list[str]) -> dict[str, dict[str, str]]:
+def parse_set_flags(pairs: list[str]) -> dict[str, dict[str, object]]:
     """CLI `--set section.field=value` flags, grouped by section."""
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, object]] = {}
     for p in pairs:
         key, eq, value = p.partition("=")
         section, dot, fld = key.partition(".")
@@ -256,7 +313,7 @@ def describe(cfg: Any, prefix: str = "") -> list[str]:
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
             lines.extend(describe(v, name + "."))
-        elif any(w in f.name.lower() for w in _SECRET_WORDS) and v and not f.name.endswith("_file"):
+        elif any(w in f.name.lower() for w in _SECRET_WORDS) and v and not f.name.endswith(("_file", "_env")):
             lines.append(f"{name}=***")
         else:
             lines.append(f"{name}={v}")

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from common.config import ConfigError
+from common.config import ConfigError, RankrlConfig, load_config, parse_set_flags
 
 log = logging.getLogger("rankrl")
 
@@ -49,6 +49,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace, extra: dict[str, dict[str, object]] | None = None) -> RankrlConfig:
+    """TOML file (--config), then RANKRL_* environment, then --set flags and the subcommand's own flags."""
+    cli: dict[str, dict[str, object]] = dict(parse_set_flags(getattr(args, "set", None) or []))
+    for section, values in (extra or {}).items():
+        cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    cfg: RankrlConfig = load_config(getattr(args, "config", None), cli=cli)
+    return cfg
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Run the streamer daemon until SIGTERM/SIGINT (or until idle with --stop-when-idle)."""
+    from streamer.app import StreamerStopped
+    from streamer.daemon import run_streamer
+    from streamer.sources import FatalSourceError
+
+    cfg = _config(
+        args,
+        {
+            "streamer": {"source": args.source, "metrics_port": args.metrics_port, "group_id": args.group_id},
+            "paths": {"buffer_dir": args.buffer},
+        },
+    )
+    try:
+        return run_streamer(cfg, stop_when_idle_s=args.stop_when_idle)
+    except (FatalSourceError, StreamerStopped) as e:
+        log.error("streamer stopped: %s", e)
+        return 1
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override one configuration value (repeatable); wins over the file and RANKRL_* variables",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rankrl",
@@ -71,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-propensity", action="store_true", help="omit log_propensity from the events")
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("stream", help="run the streamer daemon: source -> validated rows in the replay buffer")
+    _add_config_flags(s)
+    s.add_argument("--source", help="kafka://HOST:PORT/TOPIC or file://PATH (a JSONL file or a folder of them)")
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus metrics port, 0 for none (default 9108)")
+    s.add_argument("--group-id", help="Kafka consumer group (default rankrl-streamer)")
+    s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
+    s.set_defaults(func=cmd_stream)
     return p
 
 

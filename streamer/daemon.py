@@ -1,0 +1,104 @@
+"""Wiring of the streamer daemon from configuration: source, writer, dead letters, metrics server, signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from common.config import RankrlConfig, describe, resolve_secret
+from streamer.app import Streamer
+from streamer.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
+from streamer.metrics import StreamerMetrics
+from streamer.sources import FileSource, KafkaSettings, KafkaSource, Source
+from streamer.writer import BufferWriter
+
+log = logging.getLogger(__name__)
+
+
+def kafka_settings(cfg: RankrlConfig) -> KafkaSettings:
+    s = cfg.streamer
+    rest = s.source[len("kafka://") :]
+    servers, _, topic = rest.partition("/")
+    if not servers or not topic:
+        raise ValueError(f"streamer.source {s.source!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+    return KafkaSettings(
+        bootstrap_servers=servers,
+        topic=topic,
+        group_id=s.group_id,
+        max_poll_records=s.max_poll_records,
+        security_protocol=s.security_protocol,
+        sasl_mechanism=s.sasl_mechanism or None,
+        sasl_username=s.sasl_username or None,
+        sasl_password=resolve_secret(s.sasl_password_env, s.sasl_password_file) if s.sasl_mechanism else None,
+        ssl_cafile=s.ssl_cafile or None,
+        ssl_certfile=s.ssl_certfile or None,
+        ssl_keyfile=s.ssl_keyfile or None,
+        ssl_password=resolve_secret(s.ssl_password_env) if s.ssl_keyfile else None,
+    )
+
+
+def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idle_s: float | None = None) -> Streamer:
+    s = cfg.streamer
+    writer = BufferWriter(
+        cfg.paths.buffer_dir,
+        max_rows=s.segment_max_rows,
+        max_age_s=s.segment_max_age_s,
+        retention_max_age_s=s.retention_max_age_s,
+        retention_max_bytes=s.retention_max_bytes,
+        dedup_window_s=s.dedup_window_s,
+    )
+    dead_letters: DeadLetters
+    if s.source.startswith("kafka://"):
+        ks = kafka_settings(cfg)
+        dead_letters = KafkaDeadLetters(ks, s.group_id)
+
+        def source_factory(st: Streamer) -> Source:
+            return KafkaSource(ks, writer.stored_positions, st.drop_partitions)
+
+    else:
+        path = Path(s.source[len("file://") :])
+        dead_letters = FileDeadLetters(Path(cfg.paths.buffer_dir) / "dlq.jsonl")
+
+        def source_factory(st: Streamer) -> Source:
+            return FileSource(path, writer.stored_positions(), follow=s.follow, max_records=s.max_poll_records)
+
+    return Streamer(
+        source_factory,
+        writer,
+        dead_letters,
+        StreamerMetrics(registry),
+        reward_config=cfg.reward,
+        max_retry_s=s.max_retry_s,
+        stop_when_idle_s=stop_when_idle_s,
+    )
+
+
+def install_signal_handlers(stop: Any) -> None:
+    """SIGTERM/SIGINT call stop(); a second Ctrl+C falls back to the default interrupt."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal=%s: stopping (seal, commit, close)", signal.Signals(signum).name)
+        stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> int:
+    for line in describe(cfg):
+        if line.startswith(("streamer.", "paths.", "reward.")):
+            log.info("config %s", line)
+    registry = CollectorRegistry()
+    if cfg.streamer.metrics_port:
+        start_http_server(cfg.streamer.metrics_port, addr="127.0.0.1", registry=registry)
+        log.info("metrics on http://127.0.0.1:%d/metrics", cfg.streamer.metrics_port)
+    streamer = build_streamer(cfg, registry, stop_when_idle_s)
+    install_signal_handlers(streamer.stop)
+    log.info("streamer started source=%s buffer=%s", cfg.streamer.source, cfg.paths.buffer_dir)
+    return streamer.run()

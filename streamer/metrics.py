@@ -1,0 +1,48 @@
+"""Prometheus metrics of the streamer (`rankrl_streamer_…`). The registry is passed in, so tests get a fresh one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from common.schema import REASONS
+
+ERROR_KINDS = ("disk", "broker", "commit", "dlq")
+
+
+class StreamerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "rankrl_streamer_"
+        self.consumed = Counter(p + "events_consumed", "Records read from the source", registry=registry)
+        self.appended = Counter(p + "events_appended", "Valid events appended to the buffer", registry=registry)
+        self.rejected = Counter(
+            p + "events_rejected", "Records rejected by validation, by reason", ["reason"], registry=registry
+        )
+        self.duplicates = Counter(
+            p + "duplicates", "Events dropped as duplicates of a stored log id", registry=registry
+        )
+        self.dlq_writes = Counter(p + "dlq_writes", "Records written to the dead-letter destination", registry=registry)
+        self.sealed = Counter(p + "segments_sealed", "Segments sealed durably", registry=registry)
+        self.evicted = Counter(p + "segments_evicted", "Segments removed by retention", registry=registry)
+        self.buffer_rows = Gauge(p + "buffer_rows", "Rows in sealed segments", registry=registry)
+        self.buffer_bytes = Gauge(p + "buffer_bytes", "Bytes of sealed segments", registry=registry)
+        self.unsealed_rows = Gauge(p + "unsealed_rows", "Rows in memory awaiting a seal", registry=registry)
+        self.lag = Gauge(
+            p + "consumer_lag", "Records behind the end of each partition", ["partition"], registry=registry
+        )
+        self.batch_seconds = Histogram(
+            p + "batch_processing_seconds",
+            "Time to parse, validate and append one polled batch",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            p + "last_commit_timestamp_seconds", "When positions were last made durable", registry=registry
+        )
+        self.errors = Counter(
+            p + "errors", "Errors by kind (the stream stops and retries)", ["kind"], registry=registry
+        )
+        self.paused = Gauge(p + "paused", "1 while consumption is paused by an error", registry=registry)
+        for r in REASONS:
+            self.rejected.labels(reason=r)
+        for k in ERROR_KINDS:
+            self.errors.labels(kind=k)

@@ -1,0 +1,237 @@
+"""The buffer writer: rows in memory until a seal makes them durable, then retention.
+
+A seal writes one segment holding every unsealed row (of every partition this process owns), then the
+manifest with each partition's next position, under the buffer's lock. Positions also advance for records
+that were not stored (dead letters, duplicates): a seal with no rows still records them. Only after a seal
+does the streamer commit to Kafka.
+
+Duplicates are dropped twice over: by position (a partition's rows below its stored next position are never
+written again) and by log-id hash within `dedup_window_s` of event time (the same search sent twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from common.buffer import COLUMNS, BufferDir, Manifest, map_segment, segment_entry, write_segment
+from common.features import _fill_from_struct
+from common.schema import SearchLogEvent
+
+log = logging.getLogger(__name__)
+
+
+def log_id_hash(log_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(log_id.encode(), digest_size=8).digest(), "little")
+
+
+class BufferWriter:
+    """Appends parsed events, seals them into segments, applies retention. Not thread-safe: one owner."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_rows: int = 50_000,
+        max_age_s: float = 30.0,
+        retention_max_age_s: float = 3 * 86_400.0,
+        retention_max_bytes: int = 20 * 2**30,
+        dedup_window_s: float = 3_600.0,
+    ) -> None:
+        self.dir = BufferDir(path, create=True)
+        self.max_rows = max_rows
+        self.max_age_s = max_age_s
+        self.retention_max_age_s = retention_max_age_s
+        self.retention_max_bytes = retention_max_bytes
+        self.dedup_window_s = dedup_window_s
+        self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        with self.dir.locked():
+            manifest = self.dir.recover()
+        self._cap = 0
+        self._cols: dict[str, np.ndarray] = {}
+        self._grow(min(max_rows, 4096))
+        self._n = 0
+        self._keys: list[str] = []  # partition index -> source partition key, for this open segment
+        self._key_index: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # key -> next position processed but not yet sealed
+        self._opened_at: float | None = None
+        self._recent: dict[int, float] = {}  # log-id hash -> event time, for sealed and open rows
+        self._load_recent(manifest)
+        self.segments_sealed = 0
+        self.evicted_segments = 0
+
+    # ------------------------------------------------------------------------------------------ state
+    def _grow(self, cap: int) -> None:
+        new = {name: np.empty((cap, *shape), dtype=dtype) for name, (dtype, shape) in COLUMNS.items()}
+        for name, arr in self._cols.items():
+            new[name][: self._cap] = arr[: self._cap]
+        self._cols, self._cap = new, cap
+
+    def _load_recent(self, m: Manifest) -> None:
+        newest = max((s["max_time"] for s in m.segments if s["rows"]), default=None)
+        if newest is None:
+            return
+        horizon = newest - self.dedup_window_s
+        for s in m.segments:
+            if s["rows"] and s["max_time"] >= horizon:
+                cols = map_segment(self.dir.segments_dir / s["name"])
+                keep = cols["event_time"] >= horizon
+                self._recent.update(
+                    zip(cols["log_id_hash"][keep].tolist(), cols["event_time"][keep].tolist(), strict=True)
+                )
+
+    @property
+    def unsealed_rows(self) -> int:
+        return self._n
+
+    def stored_positions(self) -> dict[str, int]:
+        """Next positions recorded in the manifest (re-read: another process may own a partition now)."""
+        with self.dir.locked():
+            return dict(self.dir.read_manifest().positions)
+
+    # ------------------------------------------------------------------------------------------ append
+    def advance(self, key: str, next_position: int) -> None:
+        """Mark a record as processed without storing a row (a dead letter or a duplicate)."""
+        if next_position > self._pending.get(key, -1):
+            self._pending[key] = next_position
+        if self._opened_at is None:
+            self._opened_at = time.monotonic()
+
+    def append(self, key: str, offset: int, next_position: int, ev: SearchLogEvent, reward: float) -> bool:
+        """Store one validated event; False (and nothing stored) when its log id was seen in the window."""
+        h = log_id_hash(ev.log_id)
+        t = ev.event_time
+        if h in self._recent:
+            self.advance(key, next_position)
+            return False
+        if self._n == self._cap:
+            self._grow(self._cap * 2)
+        i = self._n
+        c = self._cols
+        _fill_from_struct(c["state"][i], ev.state, ev.ranking_metadata)
+        w = ev.action.weights()
+        total = sum(w)
+        c["action"][i] = [x / total for x in w]
+        c["reward"][i] = reward
+        o = ev.outcomes
+        bought = o.user_action == "purchase"
+        c["converted"][i] = bought
+        c["revenue"][i] = o.purchased_total_value if bought else 0.0
+        c["first_purchase_rank"][i] = min(o.purchased_ranks) if bought and o.purchased_ranks else 0
+        lp = ev.logging_log_density
+        c["log_propensity"][i] = np.nan if lp is None else lp
+        c["event_time"][i] = t
+        idx = self._key_index.get(key)
+        if idx is None:
+            idx = self._key_index[key] = len(self._keys)
+            self._keys.append(key)
+        c["partition"][i] = idx
+        c["offset"][i] = offset
+        c["log_id_hash"][i] = h
+        self._n += 1
+        self._recent[h] = t
+        self.advance(key, next_position)
+        return True
+
+    def drop(self, keys: set[str]) -> int:
+        """Forget unsealed rows and positions of partitions this process no longer owns; returns rows dropped."""
+        drop_idx = [self._key_index[k] for k in keys if k in self._key_index]
+        for k in keys:
+            self._pending.pop(k, None)
+        if not drop_idx or self._n == 0:
+            return 0
+        keep = ~np.isin(self._cols["partition"][: self._n], drop_idx)
+        dropped = int(self._n - keep.sum())
+        for h in self._cols["log_id_hash"][: self._n][~keep].tolist():
+            self._recent.pop(h, None)
+        for name in COLUMNS:
+            self._cols[name][: int(keep.sum())] = self._cols[name][: self._n][keep]
+        self._n = int(keep.sum())
+        return dropped
+
+    def should_seal(self) -> bool:
+        if self._n >= self.max_rows:
+            return True
+        return self._opened_at is not None and time.monotonic() - self._opened_at >= self.max_age_s
+
+    # ------------------------------------------------------------------------------------------ seal
+    def seal(self) -> dict[str, int]:
+        """Make every unsealed row and position durable; returns the positions sealed (key -> next position).
+
+        On an OSError nothing is lost: the rows stay in memory and the caller retries later.
+        """
+        if self._n == 0 and not self._pending:
+            return {}
+        n = self._n
+        positions = dict(self._pending)
+        with self.dir.locked():
+            m = self.dir.read_manifest()
+            # Never store a row another owner already stored (a rebalance raced our seal): position floor.
+            for k, idx in self._key_index.items():
+                floor = m.positions.get(k)
+                if floor is None or not n:
+                    continue
+                stale = (self._cols["partition"][:n] == idx) & (self._cols["offset"][:n] < floor)
+                if stale.any():
+                    log.warning("buffer dropping %d rows of %s below stored position %d", int(stale.sum()), k, floor)
+                    self._n = n = self._compact(~stale)
+            if n:
+                name = f"seg-{time.time_ns()}-{self.writer_id}.rseg"
+                path = self.dir.segments_dir / name
+                cols = {k: v[:n] for k, v in self._cols.items()}
+                t = cols["event_time"]
+                meta = {
+                    "min_time": float(t.min()),
+                    "max_time": float(t.max()),
+                    "sealed_at": time.time(),
+                    "sources": list(self._keys),
+                    "positions": positions,
+                    "writer": self.writer_id,
+                }
+                write_segment(path, cols, meta)
+                m.segments.append(segment_entry(path, {**meta, "rows": n}))
+            for k, nxt in positions.items():
+                m.positions[k] = max(m.positions.get(k, 0), nxt)
+            evicted = self._retention(m)
+            self.dir.write_manifest(m)
+            for name in evicted:
+                (self.dir.segments_dir / name).unlink(missing_ok=True)
+        self.segments_sealed += 1 if n else 0
+        self.evicted_segments += len(evicted)
+        self._n = 0
+        self._keys, self._key_index = [], {}
+        self._pending = {}
+        self._opened_at = None
+        self._prune_recent()
+        return positions
+
+    def _compact(self, keep: np.ndarray) -> int:
+        k = int(keep.sum())
+        for name in COLUMNS:
+            self._cols[name][:k] = self._cols[name][: self._n][keep]
+        return k
+
+    def _retention(self, m: Manifest) -> list[str]:
+        """Segments to evict: sealed longer ago than the age limit, then the oldest beyond the size limit."""
+        now = time.time()
+        evicted = [s["name"] for s in m.segments if now - s["sealed_at"] > self.retention_max_age_s]
+        kept = [s for s in m.segments if s["name"] not in evicted]
+        total = sum(s["bytes"] for s in kept)
+        while kept and total > self.retention_max_bytes:
+            s = kept.pop(0)
+            total -= s["bytes"]
+            evicted.append(s["name"])
+        m.segments = kept
+        return evicted
+
+    def _prune_recent(self) -> None:
+        if not self._recent or len(self._recent) < 100_000:
+            return
+        newest = max(self._recent.values())
+        horizon = newest - self.dedup_window_s
+        self._recent = {h: t for h, t in self._recent.items() if t >= horizon}
