@@ -119,6 +119,10 @@ class StreamerConfig:
     max_poll_records: int = 1000
     max_retry_s: float = 300.0  # disk or broker errors: retry with backoff this long, then exit non-zero
     group_id: str = "rankrl-streamer"
+    # Static membership: a stable id per instance (e.g. the host name) lets a restart within the session timeout
+    # take its partitions back without a rebalance. Leave empty when instances come and go.
+    group_instance_id: str = ""
+    session_timeout_ms: int = 45_000
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str = ""

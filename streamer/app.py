@@ -39,14 +39,13 @@ class Streamer:
         self,
         source_factory: Callable[[Streamer], Source],
         writer: BufferWriter,
-        dead_letters: DeadLetters,
+        dead_letters_factory: Callable[[], DeadLetters],
         metrics: StreamerMetrics,
         reward_config: RewardConfig | None = None,
         max_retry_s: float = 300.0,
         stop_when_idle_s: float | None = None,
     ) -> None:
         self.writer = writer
-        self.dead_letters = dead_letters
         self.metrics = metrics
         self.reward_config = reward_config or RewardConfig()
         self.max_retry_s = max_retry_s
@@ -56,7 +55,12 @@ class Streamer:
         self.lock = threading.Lock()
         self.running = False
         self.paused = False
-        self.source = source_factory(self)
+        self.source = source_factory(self)  # first: a bad address or bad credentials fail fast here
+        try:
+            self.dead_letters = dead_letters_factory()
+        except Exception:
+            self.source.close()
+            raise
 
     def stop(self) -> None:
         self.running = False
@@ -75,7 +79,7 @@ class Streamer:
         try:
             while self.running:
                 records = self.source.poll(1.0)
-                if records:
+                if records or not self.source.caught_up():
                     idle_since = time.monotonic()
                     with self.metrics.batch_seconds.time(), self.lock:
                         self.process(records)

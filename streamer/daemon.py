@@ -8,13 +8,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.config import RankrlConfig, describe, resolve_secret
 from streamer.app import Streamer
 from streamer.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from streamer.metrics import StreamerMetrics
-from streamer.sources import FileSource, KafkaSettings, KafkaSource, Source
+from streamer.sources import FatalSourceError, FileSource, KafkaSettings, KafkaSource, Source
 from streamer.writer import BufferWriter
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def kafka_settings(cfg: RankrlConfig) -> KafkaSettings:
         bootstrap_servers=servers,
         topic=topic,
         group_id=s.group_id,
+        group_instance_id=s.group_instance_id or None,
+        session_timeout_ms=s.session_timeout_ms,
         max_poll_records=s.max_poll_records,
         security_protocol=s.security_protocol,
         sasl_mechanism=s.sasl_mechanism or None,
@@ -52,17 +55,23 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         retention_max_bytes=s.retention_max_bytes,
         dedup_window_s=s.dedup_window_s,
     )
-    dead_letters: DeadLetters
     if s.source.startswith("kafka://"):
         ks = kafka_settings(cfg)
-        dead_letters = KafkaDeadLetters(ks, s.group_id)
+
+        def dead_letters() -> DeadLetters:
+            try:
+                return KafkaDeadLetters(ks, s.group_id)
+            except KafkaError as e:
+                raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
 
         def source_factory(st: Streamer) -> Source:
             return KafkaSource(ks, writer.stored_positions, st.drop_partitions)
 
     else:
         path = Path(s.source[len("file://") :])
-        dead_letters = FileDeadLetters(Path(cfg.paths.buffer_dir) / "dlq.jsonl")
+
+        def dead_letters() -> DeadLetters:
+            return FileDeadLetters(Path(cfg.paths.buffer_dir) / "dlq.jsonl")
 
         def source_factory(st: Streamer) -> Source:
             return FileSource(path, writer.stored_positions(), follow=s.follow, max_records=s.max_poll_records)

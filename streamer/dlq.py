@@ -87,7 +87,9 @@ class KafkaDeadLetters:
 
         self.topic = f"{settings.topic}.dlq"
         self.group_id = group_id
-        self.producer = KafkaProducer(acks="all", linger_ms=5, **settings.client_kwargs())
+        self.producer = KafkaProducer(
+            acks="all", linger_ms=5, bootstrap_timeout_ms=settings.bootstrap_timeout_ms, **settings.client_kwargs()
+        )
         self._futures: list[Any] = []
 
     def write(self, record: Record, error: InvalidEvent) -> None:

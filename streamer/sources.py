@@ -42,6 +42,7 @@ class Source(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def lag(self) -> dict[str, int]: ...
+    def caught_up(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -120,6 +121,9 @@ class FileSource:
     def lag(self) -> dict[str, int]:
         return {f.name: max(0, f.stat().st_size - self._pos.get(self.key_of(f), 0)) for f in self._files()}
 
+    def caught_up(self) -> bool:
+        return True  # poll reads to the end of every file
+
     def close(self) -> None:
         pass
 
@@ -133,6 +137,8 @@ class KafkaSettings:
     client_id: str = "rankrl-streamer"
     max_poll_records: int = 1000
     session_timeout_ms: int = 45_000
+    group_instance_id: str | None = None  # static membership (KIP-345): a restart takes its partitions back at once
+    bootstrap_timeout_ms: int = 15_000
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -157,6 +163,30 @@ class KafkaSettings:
             if getattr(self, k):
                 kw[k] = getattr(self, k)
         return kw
+
+
+class _AuthFailureCapture(logging.Handler):
+    """Remembers an authentication failure kafka-python logs while connecting.
+
+    Kafka 4.x closes the socket on a failed SCRAM exchange without an error response (the broker logs
+    "invalid credentials"), so with SASL on, a connection dropped during login counts as a refused login.
+    """
+
+    def __init__(self, sasl: bool) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sasl = sasl
+        self.failure: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is not None:
+            return
+        msg = record.getMessage()
+        if "SaslAuthenticationFailed" in msg or "Authentication failed" in msg:
+            self.failure = msg
+        elif self.sasl and "socket disconnected" in msg:
+            self.failure = (
+                "the broker closed the connection during the SASL login (wrong username, password or mechanism)"
+            )
 
 
 def _auth_errors() -> tuple[type[BaseException], ...]:
@@ -207,6 +237,8 @@ class KafkaSource:
             def on_partitions_lost(self, lost: Any) -> None:
                 source._revoke(lost, "lost")
 
+        auth = _AuthFailureCapture(sasl=bool(settings.sasl_mechanism))
+        logging.getLogger("kafka").addHandler(auth)
         try:
             self.consumer = KafkaConsumer(
                 group_id=settings.group_id,
@@ -215,12 +247,21 @@ class KafkaSource:
                 auto_offset_reset="earliest",  # a new group must not skip what was produced before it joined
                 max_poll_records=settings.max_poll_records,
                 session_timeout_ms=settings.session_timeout_ms,
+                group_instance_id=settings.group_instance_id,
+                bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
                 **settings.client_kwargs(),
             )
-        except _auth_errors() as e:
-            raise FatalSourceError(f"kafka authentication failed for {settings.bootstrap_servers}: {e}") from None
-        except KafkaError as e:
+        except (KafkaError, *_auth_errors()) as e:
+            # kafka-python retries a failed login with backoff until its bootstrap deadline, then reports only
+            # a timeout: name the real cause, and let the supervisor's restart policy do any retrying.
+            if auth.failure:
+                raise FatalSourceError(
+                    f"kafka authentication failed at {settings.bootstrap_servers} "
+                    f"(user {settings.sasl_username!r}, mechanism {settings.sasl_mechanism}): {auth.failure}"
+                ) from None
             raise FatalSourceError(f"cannot connect to kafka at {settings.bootstrap_servers}: {e}") from None
+        finally:
+            logging.getLogger("kafka").removeHandler(auth)
         self.consumer.subscribe([settings.topic], listener=Listener())
 
     def key(self, tp: Any) -> str:
@@ -241,18 +282,22 @@ class KafkaSource:
                 sorted(tp.partition for tp in tps),
             )
 
-    def _settle_new_partitions(self) -> None:
+    def _settle_new_partitions(self) -> set[Any]:
+        """Seek every newly assigned partition to its floor; returns them (their fetched records are stale).
+
+        Always seek, even forwards of the consumer's position: on a rebalance this process's own partitions are
+        revoked too (their unsealed rows dropped) and come back with a position past those rows.
+        """
         with self._lock:
             new, self._new = self._new, set()
         if not new:
-            return
+            return new
         stored = self._stored_positions()
         for tp in new:
             committed = self.consumer.committed(tp)
             floor = max(stored.get(self.key(tp), 0), committed or 0)
             self._floor[tp] = floor
-            if self.consumer.position(tp) < floor:
-                self.consumer.seek(tp, floor)
+            self.consumer.seek(tp, floor)
             log.info(
                 "kafka partition=%d resumes at %d (stored %s, committed %s)",
                 tp.partition,
@@ -260,18 +305,19 @@ class KafkaSource:
                 stored.get(self.key(tp)),
                 committed,
             )
+        return new
 
     def poll(self, timeout_s: float) -> list[Record]:
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
-            self._settle_new_partitions()
+            settled = self._settle_new_partitions()
         except _auth_errors() as e:
             raise FatalSourceError(f"kafka authentication failed for {self.settings.bootstrap_servers}: {e}") from None
         assigned = self.consumer.assignment()
         out: list[Record] = []
         for tp, msgs in batches.items():
-            if tp not in assigned:
-                continue
+            if tp not in assigned or tp in settled:
+                continue  # not ours, or fetched before the seek: read again from the floor
             floor = self._floor.get(tp, 0)
             key = self.key(tp)
             for m in msgs:
@@ -326,6 +372,12 @@ class KafkaSource:
             except Exception:  # position unknown during a rebalance
                 continue
         return out
+
+    def caught_up(self) -> bool:
+        """Partitions assigned and nothing left behind them (waiting for a rebalance is not idle)."""
+        if not self.consumer.assignment() or self._new:
+            return False
+        return all(v == 0 for v in self.lag().values()) and len(self.lag()) == len(self.consumer.assignment())
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
