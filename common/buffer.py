@@ -262,8 +262,7 @@ class ReplayBuffer:
     ) -> ReplayWindow:
         """Memory-mapped sealed rows with event_time in [start, end), or in the last `window` seconds."""
         if window is not None:
-            end = time.time() if end is None else end
-            start = end - window
+            start = (time.time() if end is None else end) - window
         for attempt in range(retries):
             m = self.dir.read_manifest()
             try:

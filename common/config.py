@@ -153,6 +153,31 @@ class StreamerConfig:
         )
 
 
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The trainer daemon: schedule, data window, holdout, training length, warm start, device."""
+
+    interval_minutes: float = 30.0  # used when cron is empty
+    cron: str = ""  # crontab expression, e.g. "*/30 * * * *"
+    window_s: float = 3 * 86_400.0  # train and evaluate on this much recent data
+    holdout_fraction: float = 0.3  # the newest slice, never trained on in that cycle
+    min_train_rows: int = 1_000
+    steps_per_cycle: int = 2_000
+    steps_per_epoch: int = 500  # SIGTERM is honoured between epochs
+    warm_start_from: str = "champion"  # or "latest"
+    device: str = "auto"  # "auto" = cuda:0 when available, else cpu
+    keep_last: int = 10  # registry retention (the champion and pinned versions are always kept)
+    metrics_port: int = 9109
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.holdout_fraction < 1.0, "trainer.holdout_fraction", "must be in (0, 1)")
+        _check(self.steps_per_cycle >= 1, "trainer.steps_per_cycle", "must be >= 1")
+        _check(self.steps_per_epoch >= 1, "trainer.steps_per_epoch", "must be >= 1")
+        _check(self.warm_start_from in ("champion", "latest"), "trainer.warm_start_from", "champion or latest")
+        _check(self.interval_minutes > 0, "trainer.interval_minutes", "must be > 0")
+
+
 def resolve_secret(env_name: str, file: str = "", environ: Mapping[str, str] | None = None) -> str | None:
     """A secret from a file (first line) or an environment variable; None when neither is set."""
     if file:
@@ -174,6 +199,7 @@ class RankrlConfig:
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     streamer: StreamerConfig = field(default_factory=StreamerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:

@@ -63,3 +63,10 @@ def dirichlet_log_density(actions: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = np.clip(a, ACTION_FLOOR, None)
     a = a / a.sum(axis=-1, keepdims=True)
     return gammaln(alpha.sum(axis=-1)) - gammaln(alpha).sum(axis=-1) + ((alpha - 1.0) * np.log(a)).sum(axis=-1)
+
+
+def weights_from_actions(actions: np.ndarray) -> np.ndarray:
+    """Mean weights from a policy's raw 7-dim output: clipped at 0 and normalised to sum to 1 (uniform if all 0)."""
+    a = np.clip(np.asarray(actions, dtype=np.float64), 0.0, None)
+    s = a.sum(axis=-1, keepdims=True)
+    return np.where(s > 0, a / np.where(s > 0, s, 1.0), 1.0 / a.shape[-1])

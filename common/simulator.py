@@ -436,7 +436,8 @@ class RankingWorld:
         """
         rng = np.random.default_rng(seed)
         pol = policy or self.logging_policy
-        t0 = datetime.now(UTC).timestamp() if start_time is None else start_time
+        # Logged traffic lies in the past: by default the last event is stamped now.
+        t0 = datetime.now(UTC).timestamp() - n * interval_s if start_time is None else start_time
         i = 0
         for start in range(0, n, batch):
             ctx = self.contexts(min(batch, n - start), rng)

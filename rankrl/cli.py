@@ -78,6 +78,110 @@ def cmd_stream(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run the trainer daemon (APScheduler), or one cycle with --once."""
+    from trainer.daemon import run_trainer
+
+    cfg = _config(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
+    return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles)
+
+
+def _registry(args: argparse.Namespace) -> object:
+    from deploy.registry import ModelRegistry
+
+    cfg = _config(args, {"paths": {"registry_dir": args.models}})
+    return ModelRegistry(cfg.paths.registry_dir)
+
+
+def _fmt(x: object, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """A table of the registered versions."""
+    from deploy.registry import ModelRegistry
+
+    reg = _registry(args)
+    assert isinstance(reg, ModelRegistry)
+    champion = reg.champion()
+    rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
+    for v in reg.versions():
+        m = reg.manifest(v)
+        r = m.get("report") or {}
+        status = "champion" if v == champion else ("pinned" if (reg.root / v / "PINNED").exists() else "")
+        rows.append(
+            (
+                v,
+                m.get("parent") or "-",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created"])),
+                str(m.get("cumulative_steps", "-")),
+                _fmt(((r.get("candidate") or {}).get("snips_conversion") or {}).get("value")),
+                _fmt((r.get("difference") or {}).get("lcb"), "+.5f"),
+                r.get("decision", "-") + ("" if not r.get("reasons") else ":" + ",".join(r["reasons"])[:40]),
+                status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Champion, last cycle and its decision, buffer rows and age."""
+    from common.buffer import BufferError, open_buffer
+    from deploy.registry import ModelRegistry
+
+    reg = _registry(args)
+    assert isinstance(reg, ModelRegistry)
+    cfg = _config(args, {"paths": {"buffer_dir": args.buffer}})
+    print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
+    last = reg.latest()
+    if last:
+        r = reg.manifest(last).get("report") or {}
+        print(f"last cycle:  {last} -> {r.get('decision', '-')} {', '.join(r.get('reasons', []))}".rstrip())
+    else:
+        print("last cycle:  none yet")
+    try:
+        st = open_buffer(cfg.paths.buffer_dir).stats()
+        age = "-" if st["newest_event_time"] is None else f"{time.time() - st['newest_event_time']:.0f}s"
+        print(
+            f"buffer:      {st['rows']} rows in {st['segments']} segments, {st['bytes'] / 2**20:.1f} MiB, "
+            f"newest event {age} ago"
+        )
+    except BufferError as e:
+        print(f"buffer:      {e}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from deploy.registry import ModelRegistry, RegistryError
+
+    reg = _registry(args)
+    assert isinstance(reg, ModelRegistry)
+    try:
+        previous = reg.promote(args.version, reason=args.reason, force=args.force)
+    except RegistryError as e:
+        log.error("%s", e)
+        return 1
+    print(f"promoted {args.version} (was {previous or 'none'})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from deploy.registry import ModelRegistry, RegistryError
+
+    reg = _registry(args)
+    assert isinstance(reg, ModelRegistry)
+    try:
+        previous, to = reg.rollback(reason=args.reason, to=args.to)
+    except RegistryError as e:
+        log.error("%s", e)
+        return 1
+    print(f"rolled back to {to} (was {previous or 'none'})")
+    return 0
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument(
@@ -119,6 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group-id", help="Kafka consumer group (default rankrl-streamer)")
     s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
     s.set_defaults(func=cmd_stream)
+
+    s = sub.add_parser("train", help="run the trainer daemon: scheduled CQL cycles, gate, registry")
+    _add_config_flags(s)
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.add_argument("--once", action="store_true", help="run one cycle now and exit (0 = a candidate was registered)")
+    s.add_argument("--max-cycles", type=int, help="exit after this many cycles")
+    s.set_defaults(func=cmd_train)
+
+    for name, func, text in (
+        ("models", cmd_models, "list the registered model versions"),
+        ("status", cmd_status, "champion, last cycle, buffer"),
+    ):
+        s = sub.add_parser(name, help=text)
+        _add_config_flags(s)
+        s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+        if name == "status":
+            s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("promote", help="make a version the champion (recorded as a manual promotion)")
+    _add_config_flags(s)
+    s.add_argument("version")
+    s.add_argument("--reason", required=True, help="why (kept in the history)")
+    s.add_argument("--force", action="store_true", help="promote a version the gate held")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("rollback", help="make an earlier champion the champion again")
+    _add_config_flags(s)
+    s.add_argument("--to", help="version to roll back to (default: the previous champion)")
+    s.add_argument("--reason", required=True, help="why (kept in the history)")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.set_defaults(func=cmd_rollback)
     return p
 
 

@@ -3,7 +3,7 @@
 #
 # The virtual environment lives outside the checkout ($RANKRL_VENV, default ~/.cache/rankrl/venv) so that every
 # clone on a machine, CI's included, reuses one torch install (~3 GB from PyPI); pip skips what is installed.
-set -euo pipefail
+# sourced by scripts that set -euo pipefail themselves
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RANKRL_VENV:-$HOME/.cache/rankrl/venv}"
 PY="${PYTHON:-python3}"

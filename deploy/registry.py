@@ -1,0 +1,273 @@
+"""The model registry: versions, the champion pointer, history, checksums, retention.
+
+    models/
+      v0001/  model.d3 (d3rlpy checkpoint: weights, optimizer state, scalers, config)
+              policy.pt (TorchScript policy for serving), exploration.json, manifest.json
+      v0002/  …
+      champion            {"version": "v0002", "since": …}   replaced atomically
+      history.jsonl       one line per register / promote / rollback / reject: who, when, why, evidence
+      registry.lock       flock: concurrent commands never interleave
+
+A version folder is written under a temporary name and renamed into place, so it is either complete or absent.
+`manifest.json` records the sha256 of every file; a file whose checksum does not match is never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from common.buffer import atomic_write_bytes, fsync_dir
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done; the message says why."""
+
+
+class UnknownVersion(RegistryError):
+    pass
+
+
+class ChecksumMismatch(RegistryError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def whoami() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.champion_path = self.root / "champion"
+        self.history_path = self.root / "history.jsonl"
+        self.lock_path = self.root / "registry.lock"
+
+    # ------------------------------------------------------------------------------------------ basics
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self.lock_path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def versions(self) -> list[str]:
+        return sorted(p.name for p in self.root.glob("v[0-9]*") if (p / "manifest.json").exists())
+
+    def latest(self) -> str | None:
+        v = self.versions()
+        return v[-1] if v else None
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.root / version / "manifest.json"
+        if not path.exists():
+            known = ", ".join(self.versions()) or "none"
+            raise UnknownVersion(f"unknown model version {version!r} (known: {known})")
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """The manifest, after checking every file's sha256; raises ChecksumMismatch naming the file."""
+        m = self.manifest(version)
+        for name, digest in m["files"].items():
+            p = self.root / version / name
+            if not p.exists():
+                raise ChecksumMismatch(f"model {version}: file {name} is missing")
+            if sha256_of(p) != digest:
+                raise ChecksumMismatch(f"model {version}: file {name} does not match its sha256 (refusing to load)")
+        return m
+
+    def path(self, version: str, name: str) -> Path:
+        """A verified file of a version."""
+        self.verify(version)
+        return self.root / version / name
+
+    def champion(self) -> str | None:
+        try:
+            v: str = json.loads(self.champion_path.read_text())["version"]
+            return v
+        except FileNotFoundError:
+            return None
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.history_path.exists():
+            return []
+        out = []
+        for line in self.history_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a torn last line after a crash
+                out.append(json.loads(line))
+        return out
+
+    def _append_history(self, entry: Mapping[str, Any]) -> None:
+        with open(self.history_path, "ab") as f:
+            f.write(json.dumps({"time": time.time(), **entry}, default=str).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _set_champion(self, version: str) -> None:
+        atomic_write_bytes(self.champion_path, json.dumps({"version": version, "since": time.time()}).encode())
+
+    # ------------------------------------------------------------------------------------------ changes
+    def register(self, files: Mapping[str, Path], manifest: Mapping[str, Any], who: str | None = None) -> str:
+        """Copy `files` into a new version folder with `manifest` (+ checksums); returns the version."""
+        with self.locked():
+            existing = self.versions()
+            n = int(existing[-1][1:]) + 1 if existing else 1
+            version = f"v{n:04d}"
+            tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
+            tmp.mkdir()
+            try:
+                digests = {}
+                for name, src in files.items():
+                    dst = tmp / name
+                    shutil.copyfile(src, dst)
+                    with open(dst, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    digests[name] = sha256_of(dst)
+                full = {**manifest, "version": version, "created": time.time(), "files": digests}
+                atomic_write_bytes(tmp / "manifest.json", json.dumps(full, indent=1, default=str).encode())
+                os.rename(tmp, self.root / version)
+                fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            decision = (manifest.get("report") or {}).get("decision")
+            self._append_history(
+                {
+                    "action": "register",
+                    "version": version,
+                    "who": who or whoami(),
+                    "parent": manifest.get("parent"),
+                    "gate": decision,
+                    "reason": "; ".join((manifest.get("report") or {}).get("reasons", [])),
+                }
+            )
+        return version
+
+    def promote(
+        self,
+        version: str,
+        reason: str,
+        who: str | None = None,
+        force: bool = False,
+        automatic: bool = False,
+    ) -> str | None:
+        """Make `version` the champion; returns the previous champion. A version the gate held needs force."""
+        with self.locked():
+            m = self.verify(version)
+            gate = (m.get("report") or {}).get("decision")
+            if gate != "PROMOTE" and not force:
+                raise RegistryError(
+                    f"model {version}: the gate decided {gate or 'nothing'} "
+                    f"({', '.join((m.get('report') or {}).get('reasons', [])) or 'no report'}); use --force to override"
+                )
+            previous = self.champion()
+            if previous == version:
+                raise RegistryError(f"model {version} is already the champion")
+            self._set_champion(version)
+            self._append_history(
+                {
+                    "action": "promote",
+                    "version": version,
+                    "previous": previous,
+                    "who": who or whoami(),
+                    "reason": reason,
+                    "manual": not automatic,
+                    "forced": force and gate != "PROMOTE",
+                    "evidence": _evidence(m),
+                }
+            )
+            return previous
+
+    def reject(self, version: str, reason: str, who: str | None = None) -> None:
+        with self.locked():
+            m = self.manifest(version)
+            self._append_history(
+                {
+                    "action": "reject",
+                    "version": version,
+                    "who": who or whoami(),
+                    "reason": reason,
+                    "evidence": _evidence(m),
+                }
+            )
+
+    def rollback(self, reason: str, to: str | None = None, who: str | None = None) -> tuple[str | None, str]:
+        """Make an earlier champion the champion again (default: the one before the current); returns (from, to)."""
+        with self.locked():
+            current = self.champion()
+            if to is None:
+                champions = [h["version"] for h in self.history() if h["action"] in ("promote", "rollback")]
+                earlier = [v for v in champions if v != current]
+                if not earlier:
+                    raise RegistryError("no previous champion to roll back to")
+                to = earlier[-1]
+            self.verify(to)
+            if to == current:
+                raise RegistryError(f"model {to} is already the champion")
+            self._set_champion(to)
+            self._append_history(
+                {"action": "rollback", "version": to, "previous": current, "who": who or whoami(), "reason": reason}
+            )
+            return current, to
+
+    def pin(self, version: str, pinned: bool = True) -> None:
+        with self.locked():
+            self.manifest(version)
+            marker = self.root / version / "PINNED"
+            if pinned:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)
+
+    def retain(self, keep_last: int) -> list[str]:
+        """Delete versions that are not the champion, not pinned and not among the last `keep_last`."""
+        with self.locked():
+            versions = self.versions()
+            keep = set(versions[-keep_last:]) | {self.champion()}
+            doomed = [v for v in versions if v not in keep and not (self.root / v / "PINNED").exists()]
+            for v in doomed:
+                shutil.rmtree(self.root / v)
+            for p in self.root.glob(".tmp-*"):  # a register that crashed half way
+                shutil.rmtree(p, ignore_errors=True)
+            return doomed
+
+
+def _evidence(m: Mapping[str, Any]) -> dict[str, Any]:
+    r = m.get("report") or {}
+    diff = r.get("difference") or {}
+    cand = (r.get("candidate") or {}).get("snips_conversion") or {}
+    return {
+        "decision": r.get("decision"),
+        "reasons": r.get("reasons"),
+        "delta": diff.get("delta"),
+        "lcb": diff.get("lcb"),
+        "candidate_conversion": cand.get("value"),
+        "holdout_rows": r.get("holdout_rows"),
+    }

@@ -1,0 +1,90 @@
+"""The registry: promote, rollback, tampered checksum, unknown version, 10 concurrent promotes, retention."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from deploy.registry import ChecksumMismatch, ModelRegistry, RegistryError, UnknownVersion
+
+
+def make(reg: ModelRegistry, tmp: Path, decision: str = "PROMOTE", parent: str | None = None) -> str:
+    f = tmp / "model.d3"
+    f.write_bytes(b"weights " + decision.encode() + str(len(reg.versions())).encode())
+    report = {"decision": decision, "reasons": [] if decision == "PROMOTE" else ["not_significant"]}
+    return reg.register({"model.d3": f}, {"parent": parent, "report": report}, who="test")
+
+
+def test_promote_and_rollback_tell_the_story(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    a, b, c = (make(reg, tmp_path) for _ in range(3))
+    held = make(reg, tmp_path, decision="HOLD")
+    assert reg.champion() is None
+    assert reg.promote(a, reason="first", automatic=True) is None
+    assert reg.promote(b, reason="better") == a
+    with pytest.raises(RegistryError, match=r"gate decided HOLD.*--force"):
+        reg.promote(held, reason="try")
+    assert reg.promote(held, reason="operator knows", force=True) == b
+    assert reg.rollback(reason="bad metrics") == (held, b)  # default: the previous champion
+    assert reg.rollback(reason="further", to=a) == (b, a)
+    with pytest.raises(RegistryError, match="already the champion"):
+        reg.promote(a, reason="again")
+    story = [(h["action"], h["version"]) for h in reg.history() if h["action"] != "register"]
+    assert story == [("promote", a), ("promote", b), ("promote", held), ("rollback", b), ("rollback", a)]
+    forced = next(h for h in reg.history() if h["action"] == "promote" and h["version"] == held)
+    assert forced["forced"] and forced["manual"] and forced["reason"] == "operator knows"
+    assert next(h for h in reg.history() if h["action"] == "promote")["manual"] is False
+    assert reg.champion() == a and c in reg.versions()
+
+
+def test_tampered_file_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    v = make(reg, tmp_path)
+    (reg.root / v / "model.d3").write_bytes(b"evil")
+    with pytest.raises(ChecksumMismatch, match=f"model {v}: file model.d3 does not match its sha256"):
+        reg.path(v, "model.d3")
+    with pytest.raises(ChecksumMismatch):
+        reg.promote(v, reason="x")
+    assert reg.champion() is None
+
+
+def test_unknown_version(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    make(reg, tmp_path)
+    with pytest.raises(UnknownVersion, match=r"unknown model version 'v0042' \(known: v0001\)"):
+        reg.promote("v0042", reason="x")
+    with pytest.raises(RegistryError, match="no previous champion"):
+        reg.rollback(reason="x")
+
+
+def _promote(args: tuple[str, str]) -> str:
+    root, version = args
+    ModelRegistry(root).promote(version, reason=f"race {version}")
+    return version
+
+
+def test_ten_concurrent_promotes_never_interleave(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    versions = [make(reg, tmp_path) for _ in range(10)]
+    with mp.get_context("fork").Pool(10) as pool:
+        done = pool.map(_promote, [(str(reg.root), v) for v in versions])
+    assert sorted(done) == versions
+    promotes = [h for h in reg.history() if h["action"] == "promote"]
+    assert len(promotes) == 10
+    # each promote saw the champion the previous one left: a consistent chain
+    assert promotes[0]["previous"] is None
+    for prev, cur in itertools.pairwise(promotes):
+        assert cur["previous"] == prev["version"]
+    assert reg.champion() == promotes[-1]["version"]
+
+
+def test_retention_keeps_champion_last_n_and_pinned(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    vs = [make(reg, tmp_path) for _ in range(6)]
+    reg.promote(vs[0], reason="old champion")
+    reg.pin(vs[1])
+    assert reg.retain(keep_last=2) == [vs[2], vs[3]]
+    assert reg.versions() == [vs[0], vs[1], vs[4], vs[5]]

@@ -1,0 +1,206 @@
+"""Training cycles on simulator data (CPU, small networks): cold start, warm start, SIGKILL, daemon, serving."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from common.config import RankrlConfig, load_config
+from common.schema import parse_event
+from common.simulator import RankingWorld
+from deploy.registry import ModelRegistry
+from deploy.serving import ServingPolicy
+from streamer.writer import BufferWriter
+from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
+from trainer.daemon import Trainer
+
+SMALL = {
+    "model": {"hidden_units": "32,32", "batch_size": 64, "n_action_samples": 4},
+    "trainer": {"steps_per_cycle": 40, "steps_per_epoch": 20, "window_s": 1e10, "min_train_rows": 500},
+    "gate": {"min_holdout_rows": 500, "min_holdout_conversions": 20, "min_ess": 50, "min_effective_conversions": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def buffer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("buffer")
+    w = BufferWriter(path)
+    for i, (_, _, _, events) in enumerate(RankingWorld().simulate(6000, seed=11, batch=3000)):
+        for j, e in enumerate(events):
+            ev = parse_event(orjson.dumps(e))
+            w.append("file:sim", i * 3000 + j, i * 3000 + j + 1, ev, reward=1.0 if ev.converted else 0.0)
+        w.seal()
+    return path
+
+
+def config(buffer_dir: Path, models: Path, **extra: dict) -> RankrlConfig:
+    cli = {**SMALL, "paths": {"buffer_dir": str(buffer_dir), "registry_dir": str(models)}}
+    for k, v in extra.items():
+        cli[k] = {**cli.get(k, {}), **v}
+    cfg: RankrlConfig = load_config(environ={}, cli=cli)
+    return cfg
+
+
+def checkpoint_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a: object, b: object) -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for k in a:
+            assert_same_state(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)  # type: ignore[arg-type]
+        for x, y in zip(a, b, strict=True):  # type: ignore[call-overload]
+            assert_same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)  # type: ignore[arg-type]
+    else:
+        assert a == b
+
+
+def test_checkpoint_roundtrip_keeps_weights_optimizer_and_scalers(buffer_dir: Path, tmp_path: Path) -> None:
+    from common.buffer import open_buffer
+
+    train = TrainingArrays.from_window(open_buffer(buffer_dir).load())
+    cfg = config(buffer_dir, tmp_path / "m")
+    algo = new_cql(cfg, train, "cpu:0")
+    train_steps(algo, ArraySampler(train), 10, 10, None)
+    algo.save(str(tmp_path / "a.d3"))
+    algo.save_model(str(tmp_path / "a.pt"))
+    loaded = load_cql(tmp_path / "a.d3", "cpu:0")
+    loaded.save_model(str(tmp_path / "b.pt"))
+    state_a, state_b = checkpoint_state(tmp_path / "a.pt"), checkpoint_state(tmp_path / "b.pt")
+    assert any("optim" in k for k in state_a)  # optimizer state is part of the checkpoint
+    assert_same_state(state_a, state_b)
+    np.testing.assert_array_equal(loaded.config.observation_scaler.mean, algo.config.observation_scaler.mean)
+    x = train.states[:5]
+    np.testing.assert_allclose(loaded.predict(x), algo.predict(x), rtol=1e-6)
+
+
+def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "models")
+    cfg = config(buffer_dir, tmp_path / "models")
+    r1 = run_cycle(cfg, reg)
+    assert r1.parent is None and r1.version == "v0001"
+    assert r1.report["champion"]["policy"] == "logging"  # no champion yet: judged against the logger
+    assert r1.train_rows + r1.holdout_rows == 6000 and r1.holdout_rows == 1800
+    m1 = reg.manifest("v0001")
+    assert m1["cumulative_steps"] == 40 and set(m1["files"]) == {"model.d3", "policy.pt", "exploration.json"}
+    assert m1["data_window"]["holdout_start"] >= m1["data_window"]["start"]
+    r2 = run_cycle(cfg, reg)
+    assert r2.parent == "v0001" and r2.cumulative_steps == 80  # the step count continues across warm starts
+    assert reg.manifest("v0002")["parent"] == "v0001"
+    actions = [h["action"] for h in reg.history()]
+    assert actions.count("register") == 2 and len(actions) == 4  # each register is followed by a decision
+
+
+def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    cfg = config(buffer_dir, models)
+    reg = ModelRegistry(models)
+    run_cycle(cfg, reg)
+    reg.promote("v0001", reason="test baseline", force=True)
+    before = (reg.versions(), reg.champion(), len(reg.history()))
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankrl",
+        "train",
+        "--once",
+        "--buffer",
+        str(buffer_dir),
+        "--models",
+        str(models),
+        "--set",
+        "model.hidden_units=32,32",
+        "--set",
+        "trainer.steps_per_cycle=100000",
+        "--set",
+        "trainer.steps_per_epoch=50",
+        "--set",
+        "trainer.window_s=1e10",
+    ]
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as p:
+        assert p.stderr is not None
+        for line in p.stderr:
+            if "trainer epoch" in line:  # training is under way
+                break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (reg.versions(), reg.champion(), len(reg.history())) == before
+    assert not list(models.glob(".tmp-*"))
+    r = run_cycle(cfg, reg)  # the next cycle succeeds and warm-starts from the champion
+    assert r.parent == "v0001" and r.version == "v0002"
+
+
+def test_sigterm_stops_between_epochs_without_registering(buffer_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankrl",
+        "train",
+        "--buffer",
+        str(buffer_dir),
+        "--models",
+        str(models),
+        "--set",
+        "model.hidden_units=32,32",
+        "--set",
+        "trainer.steps_per_cycle=100000",
+        "--set",
+        "trainer.steps_per_epoch=20",
+        "--set",
+        "trainer.window_s=1e10",
+        "--set",
+        "trainer.metrics_port=0",
+    ]
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as p:
+        assert p.stderr is not None
+        for line in p.stderr:
+            if "trainer epoch" in line:
+                break
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rest = p.stderr.read()
+        assert p.wait(timeout=120) == 0
+    assert time.monotonic() - t0 < 60
+    assert "interrupted" in rest and "nothing registered" in rest
+    assert ModelRegistry(models).versions() == []
+
+
+def test_daemon_cycle_metrics_and_serving(buffer_dir: Path, tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    t = Trainer(config(buffer_dir, tmp_path / "models"), registry)
+    r = t.cycle()
+    assert r is not None
+    outcome = "promoted" if r.promoted else "held"
+    assert registry.get_sample_value("rankrl_trainer_cycles_total", {"outcome": outcome}) == 1
+    assert registry.get_sample_value("rankrl_trainer_gradient_steps_total") == 40
+    assert registry.get_sample_value("rankrl_trainer_rows", {"split": "holdout"}) == 1800
+    assert registry.get_sample_value("rankrl_trainer_last_success_timestamp_seconds") > 0
+
+    reg = t.models
+    if not r.promoted:
+        reg.promote(r.version, reason="serving test", force=True)  # type: ignore[arg-type]
+    serving = ServingPolicy.from_registry(reg.root, seed=0)
+    weights, logp = serving.act(np.zeros(23, dtype=np.float32) + 1.0)
+    assert weights.shape == (7,) and abs(weights.sum() - 1) < 1e-9 and np.isfinite(logp)
+    assert serving.version == r.version
+    # a new champion is picked up on the next call, without a restart
+    t.cycle()
+    time.sleep(0.01)
+    reg.promote("v0002", reason="serving reload", force=True)
+    serving.act(np.ones(23, dtype=np.float32))
+    assert serving.version == "v0002"

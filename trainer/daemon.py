@@ -1,0 +1,121 @@
+"""The trainer daemon: APScheduler runs one cycle at a time on an interval or a cron schedule.
+
+Missed runs are coalesced into one and a run never overlaps the previous (max_instances=1). SIGTERM sets a
+stop flag that the cycle honours between epochs; the half-trained candidate is discarded, never registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry, start_http_server
+
+from common.buffer import BufferError
+from common.config import RankrlConfig, describe
+from deploy.registry import ModelRegistry
+from trainer.cycle import CycleInterrupted, CycleResult, NotEnoughData, run_cycle
+from trainer.metrics import TrainerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, cfg: RankrlConfig, registry: CollectorRegistry) -> None:
+        self.cfg = cfg
+        self.models = ModelRegistry(cfg.paths.registry_dir)
+        self.metrics = TrainerMetrics(registry)
+        self.stop_event = threading.Event()
+        self.results: list[CycleResult] = []
+        self.cycles_run = 0
+        champion = self.models.champion()
+        self.metrics.champion.info({"version": champion or "none"})
+
+    def cycle(self) -> CycleResult | None:
+        """One guarded cycle: outcomes and errors become metrics and log lines, never a crashed daemon."""
+        m = self.metrics
+        self.cycles_run += 1
+        t0 = time.monotonic()
+        try:
+            r = run_cycle(self.cfg, self.models, stop=self.stop_event)
+        except CycleInterrupted as e:
+            m.cycles.labels(outcome="interrupted").inc()
+            log.warning("trainer cycle interrupted: %s", e)
+            return None
+        except (NotEnoughData, BufferError) as e:
+            m.cycles.labels(outcome="skipped").inc()
+            log.warning("trainer cycle skipped: %s", e)
+            return None
+        except Exception:
+            m.cycles.labels(outcome="failed").inc()
+            log.exception("trainer cycle failed")
+            return None
+        m.duration.observe(time.monotonic() - t0)
+        m.cycles.labels(outcome="promoted" if r.promoted else "held").inc()
+        m.last_success.set(time.time())
+        m.steps.inc(r.steps)
+        m.cumulative_steps.set(r.cumulative_steps)
+        for k, v in r.losses.items():
+            m.loss.labels(name=k).set(v)
+        for policy in ("candidate", "champion"):
+            est = (r.report.get(policy) or {}).get("snips_conversion")
+            if est:
+                m.estimate.labels(policy=policy, bound="value").set(est["value"])
+                m.estimate.labels(policy=policy, bound="low").set(est["ci_low"])
+                m.estimate.labels(policy=policy, bound="high").set(est["ci_high"])
+        if r.report.get("difference"):
+            m.delta_lcb.set(r.report["difference"]["lcb"])
+        m.rows.labels(split="train").set(r.train_rows)
+        m.rows.labels(split="holdout").set(r.holdout_rows)
+        m.champion.info({"version": self.models.champion() or "none"})
+        self.results.append(r)
+        return r
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = None) -> int:
+    for line in describe(cfg):
+        if line.startswith(("trainer.", "model.", "gate.", "paths.", "exploration.")):
+            log.info("config %s", line)
+    registry = CollectorRegistry()
+    trainer = Trainer(cfg, registry)
+    if once:
+        r = trainer.cycle()
+        return 0 if r is not None else 1
+    if cfg.trainer.metrics_port:
+        start_http_server(cfg.trainer.metrics_port, addr="127.0.0.1", registry=registry)
+        log.info("metrics on http://127.0.0.1:%d/metrics", cfg.trainer.metrics_port)
+    from streamer.daemon import install_signal_handlers
+
+    install_signal_handlers(trainer.stop)
+    tc = cfg.trainer
+    trigger = CronTrigger.from_crontab(tc.cron) if tc.cron else IntervalTrigger(minutes=tc.interval_minutes)
+    sched = BackgroundScheduler()
+    done = threading.Event()
+
+    def job() -> None:
+        trainer.cycle()
+        if max_cycles is not None and trainer.cycles_run >= max_cycles:
+            done.set()
+
+    # one run at a time, missed runs coalesced; the first run starts now
+    sched.add_job(job, trigger, max_instances=1, coalesce=True, next_run_time=None if tc.cron else _now())
+    sched.start()
+    log.info("trainer scheduled: %s", tc.cron or f"every {tc.interval_minutes} min")
+    while not trainer.stop_event.is_set() and not done.is_set():
+        trainer.stop_event.wait(0.5)
+    sched.shutdown(wait=True)  # lets a running cycle reach its next epoch boundary and stop
+    log.info("trainer stopped")
+    return 0
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    return datetime.now().astimezone()
