@@ -182,6 +182,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Gate a candidate against the champion (or the logging policy) on the buffer's newest rows."""
+    from pathlib import Path
+
+    from trainer.evaluate import evaluate_models, format_report, write_outputs
+
+    cfg = _config(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
+    decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction)
+    print(format_report(decision.report))
+    j, p = write_outputs(decision.report, Path(args.out))
+    print(f"report: {j}\nplot:   {p}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective configuration (defaults < --config file < RANKRL_* < --set), secrets masked."""
+    from common.config import describe
+
+    for line in describe(_config(args)):
+        print(line)
+    return 0
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument(
@@ -215,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-propensity", action="store_true", help="omit log_propensity from the events")
     s.set_defaults(func=cmd_simulate)
 
+    s = sub.add_parser("config", help="print the effective configuration, every section and field")
+    _add_config_flags(s)
+    s.set_defaults(func=cmd_config)
+
     s = sub.add_parser("stream", help="run the streamer daemon: source -> validated rows in the replay buffer")
     _add_config_flags(s)
     s.add_argument("--source", help="kafka://HOST:PORT/TOPIC or file://PATH (a JSONL file or a folder of them)")
@@ -242,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("evaluate", help="gate a candidate model against the champion on the buffer's holdout")
+    _add_config_flags(s)
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.add_argument("--candidate", required=True, help="registry version (v0003) or a .d3 file")
+    s.add_argument("--champion", help="registry version or .d3 file (default: the logging policy)")
+    s.add_argument("--holdout-fraction", type=float, help="newest share of the window to evaluate on")
+    s.add_argument("--out", default="results", help="folder for evaluation_report.json and evaluation.png")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("promote", help="make a version the champion (recorded as a manual promotion)")
     _add_config_flags(s)

@@ -104,6 +104,40 @@ def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
     actions = [h["action"] for h in reg.history()]
     assert actions.count("register") == 2 and len(actions) == 4  # each register is followed by a decision
 
+    # the operator's view of the same comparison: rankrl evaluate prints the report, writes JSON and a PNG
+    out = tmp_path / "eval"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rankrl",
+            "evaluate",
+            "--buffer",
+            str(buffer_dir),
+            "--models",
+            str(tmp_path / "models"),
+            "--candidate",
+            "v0002",
+            "--champion",
+            "v0001",
+            "--out",
+            str(out),
+            "--set",
+            "trainer.window_s=1e10",
+            "--set",
+            "gate.min_holdout_rows=500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "decision:" in r.stdout and "candidate SNIPS" in r.stdout and "checks:" in r.stdout
+    report = orjson.loads((out / "evaluation_report.json").read_bytes())
+    assert report["models"] == {"candidate": "v0002", "champion": "v0001"}
+    assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
