@@ -1,7 +1,7 @@
 """Calibration and power of the promotion gate, measured in the simulator where the truth is known.
 
     python bench/gate_calibration.py                       # full: 1,000 null replicates per scenario (~25 min)
-    python bench/gate_calibration.py --replicates 200 --power-replicates 50     # quicker look
+    python bench/gate_calibration.py --replicates 200 --power-replicates 50 --lifts=-0.02,0.05  # quicker
 
 1. Calibration (exact null): a world whose MARKET_DEAL signal duplicates MARKET_CONV; the candidate moves a
    fraction of the logger's weight between the two copies, so its served weights differ (importance weights
@@ -75,9 +75,9 @@ def solve_tilt(world: RankingWorld, ex: DirichletExploration, lift: float, base:
         return world.true_value(world.targeted_policy(beta), ex, n_contexts=60_000, seed=9).conversion / base - 1
 
     lo, hi = (0.0, 4.0) if lift > 0 else (-4.0, 0.0)
-    for _ in range(14):
+    for _ in range(14):  # the lift increases with the tilt
         mid = (lo + hi) / 2
-        if (true_lift(mid) < lift) == (lift > 0):
+        if true_lift(mid) < lift:
             lo = mid
         else:
             hi = mid
@@ -93,16 +93,27 @@ def main() -> int:
     p.add_argument("--sizes", default="20000,100000", help="holdout sizes of the power sweep")
     p.add_argument("--lifts", default="-0.02,0.02,0.05,0.10", help="true relative lifts of the power sweep")
     p.add_argument("--kappa", type=float, default=20.0, help="exploration concentration of the logger")
+    p.add_argument("--skip-null", action="store_true", help="run the power sweep only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     ex = DirichletExploration(kappa=args.kappa)
     gate = PromotionGate(GateConfig(), ex)
-    alpha = gate.config.alpha
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
 
-    print(f"# gate calibration: alpha={alpha} kappa={args.kappa} null rows={args.null_rows} R={args.replicates}")
     null_world = RankingWorld(WorldConfig(duplicate_signal=(5, 6)))
+    if not args.skip_null:
+        calibration(null_world, gate, args, rng)
+    power(null_world, gate, args, rng, ex)
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def calibration(
+    null_world: RankingWorld, gate: PromotionGate, args: argparse.Namespace, rng: np.random.Generator
+) -> None:
+    alpha = gate.config.alpha
+    print(f"# gate calibration: alpha={alpha} kappa={args.kappa} null rows={args.null_rows} R={args.replicates}")
     pool = null_world.contexts(300_000, rng)
     print("| candidate | ESS/n | promoted | rate | CP 95% | point-estimate gate | verdict |")
     print("|---|---|---|---|---|---|---|")
@@ -125,6 +136,14 @@ def main() -> int:
     verdict = "ok" if worst <= alpha + 0.01 else "FAIL"
     print(f"worst null promotion rate {worst:.3f} (fail above {alpha + 0.01:.2f}): {verdict}")
 
+
+def power(
+    null_world: RankingWorld,
+    gate: PromotionGate,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+    ex: DirichletExploration,
+) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     lifts = [float(x) for x in args.lifts.split(",")]
     world = RankingWorld()
@@ -160,8 +179,6 @@ def main() -> int:
             + " |",
             flush=True,
         )
-    print(f"\n{time.perf_counter() - t0:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
