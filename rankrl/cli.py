@@ -196,6 +196,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    """The original train.py: train CQL once from a JSONL file and evaluate it on a test split."""
+    from trainer.batch import BadLogLine, FitOptions, fit
+
+    model = {
+        "batch_size": args.batch_size,
+        "actor_learning_rate": args.actor_lr,
+        "critic_learning_rate": args.critic_lr,
+        "conservative_weight": args.conservative_weight,
+        "n_epochs": args.epochs,
+    }
+    cfg = _config(args, {"model": model})
+    opts = FitOptions(
+        input_logs=args.input_logs,
+        output_model=args.output_model,
+        epochs=cfg.model.n_epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        test_split=args.test_split,
+        val_split=args.val_split,
+        skip_reward_computation=args.skip_reward_computation,
+        save_processed_logs=args.save_processed_logs,
+        no_normalize=args.no_normalize,
+        results_path=args.results,
+        on_bad_line=args.on_bad_line,
+        device=args.device,
+    )
+    try:
+        results = fit(opts, cfg)
+    except (BadLogLine, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
+    m = results["test_metrics"]
+    print(f"model: {opts.output_model}\nresults: {opts.results_path}")
+    print(f"test: conversion {m['conversion_rate']:.4f}  MRR {m['mrr']:.4f}  ", end="")
+    print(f"revenue/search {m['revenue_per_session']:.2f}")
+    snips = results["counterfactual"].get("snips_conversion")
+    if snips:
+        print(f"policy (counterfactual SNIPS): {snips['value']:.4f} [{snips['ci_low']:.4f}, {snips['ci_high']:.4f}]")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective configuration (defaults < --config file < RANKRL_* < --set), secrets masked."""
     from common.config import describe
@@ -237,6 +278,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-propensity", action="store_true", help="omit log_propensity from the events")
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("fit", help="the batch path of the original train.py: train once from a JSONL file")
+    _add_config_flags(s)
+    s.add_argument("--input_logs", default="data/events.jsonl", help="JSONL search logs (default data/events.jsonl)")
+    s.add_argument("--output_model", default="models/cql_policy.d3", help="where to save the model")
+    s.add_argument("--epochs", type=int, help="training epochs (default 100)")
+    s.add_argument("--steps_per_epoch", type=int, help="gradient steps per epoch (default: one pass over the rows)")
+    s.add_argument("--batch_size", type=int, help="batch size (default 256)")
+    s.add_argument("--test_split", type=float, default=0.2, help="share of logs held out for the test (0.2)")
+    s.add_argument("--val_split", type=float, default=0.2, help="share of the rest used for validation (0.2)")
+    s.add_argument("--actor_lr", type=float, help="actor learning rate (3e-4)")
+    s.add_argument("--critic_lr", type=float, help="critic learning rate (3e-4)")
+    s.add_argument("--conservative_weight", type=float, help="CQL alpha (5.0)")
+    s.add_argument("--skip_reward_computation", action="store_true", help="use the reward already in each log")
+    s.add_argument("--save_processed_logs", action="store_true", help="write data/processed_logs.jsonl")
+    s.add_argument("--no_normalize", action="store_true", help="do not standardise the state features")
+    s.add_argument("--log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=argparse.SUPPRESS)
+    s.add_argument("--log_file", help="also write the log to this file")
+    s.add_argument(
+        "--on_bad_line",
+        choices=["skip", "fail"],
+        default="skip",
+        help="a line that is not a valid event: report it and skip it, or fail the run",
+    )
+    s.add_argument("--results", default="results/training_results.json", help="where to write the results")
+    s.add_argument("--device", default="auto", help="cpu, cuda:0, or auto (default)")
+    s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("config", help="print the effective configuration, every section and field")
     _add_config_flags(s)

@@ -14,11 +14,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-# Re-install only when pyproject.toml changed since the last install into this venv (pip is slow to say "nothing to do").
-stamp="$VENV/.rankrl-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-$(echo "$ROOT" | sha256sum | cut -c1-8)"
+# Re-install dependencies only when pyproject.toml changed (pip is slow to say "nothing to do").
+stamp="$VENV/.rankrl-deps-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "env.sh: installing rankrl and its dependencies into $VENV (first time: several minutes for torch)" >&2
   "$VENV/bin/pip" install -q -e "$ROOT[test]"
   touch "$stamp"
+fi
+# The venv is shared by every checkout: point its editable `rankrl` at this one (seconds, no dependencies).
+where=$("$VENV/bin/python" -c 'import os, rankrl; print(os.path.dirname(os.path.dirname(rankrl.__file__)))' 2>/dev/null || true)
+if [ "$where" != "$ROOT" ]; then
+  "$VENV/bin/pip" install -q --no-deps -e "$ROOT" 2>/dev/null
 fi
 export PATH="$VENV/bin:$PATH"

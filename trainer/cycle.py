@@ -66,8 +66,10 @@ def resolve_device(name: str) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu:0"
 
 
-def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str) -> Any:
-    """A cold-start CQL with the seed's hyperparameters and scalers fitted on the training rows."""
+def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str, normalize: bool = True) -> Any:
+    """A cold-start CQL with the seed's hyperparameters and scalers fitted on the training rows.
+
+    `normalize=False` (the original `--no_normalize`) feeds the raw state features to the networks."""
     import d3rlpy
 
     m = cfg.model
@@ -85,7 +87,7 @@ def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str) -> Any:
         n_action_samples=m.n_action_samples,
         actor_encoder_factory=enc,
         critic_encoder_factory=enc,
-        observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(mean=mean, std=std),
+        observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(mean=mean, std=std) if normalize else None,
         # weights live on the simplex: a fixed [0, 1] box, identical across warm starts
         action_scaler=d3rlpy.preprocessing.MinMaxActionScaler(
             minimum=np.zeros(7, dtype=np.float32), maximum=np.ones(7, dtype=np.float32)
