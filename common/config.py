@@ -111,6 +111,7 @@ class StreamerConfig:
     source: str = "file://data/events.jsonl"  # or kafka://HOST:PORT[,HOST:PORT]/TOPIC
     follow: bool = True  # file source: keep following appended lines
     metrics_port: int = 9108  # 0 = no metrics server
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host or container scrape it
     segment_max_rows: int = 50_000
     segment_max_age_s: float = 30.0
     retention_max_age_s: float = 3 * 86_400.0  # a few days of traffic
@@ -168,6 +169,7 @@ class TrainerConfig:
     device: str = "auto"  # "auto" = cuda:0 when available, else cpu
     keep_last: int = 10  # registry retention (the champion and pinned versions are always kept)
     metrics_port: int = 9109
+    metrics_host: str = "127.0.0.1"
     seed: int = 0
 
     def __post_init__(self) -> None:

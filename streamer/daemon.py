@@ -105,8 +105,8 @@ def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> in
             log.info("config %s", line)
     registry = CollectorRegistry()
     if cfg.streamer.metrics_port:
-        start_http_server(cfg.streamer.metrics_port, addr="127.0.0.1", registry=registry)
-        log.info("metrics on http://127.0.0.1:%d/metrics", cfg.streamer.metrics_port)
+        start_http_server(cfg.streamer.metrics_port, addr=cfg.streamer.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", cfg.streamer.metrics_host, cfg.streamer.metrics_port)
     streamer = build_streamer(cfg, registry, stop_when_idle_s)
     install_signal_handlers(streamer.stop)
     log.info("streamer started source=%s buffer=%s", cfg.streamer.source, cfg.paths.buffer_dir)

@@ -19,7 +19,7 @@ from common.buffer import BufferError
 from common.config import RankrlConfig, describe
 from deploy.registry import ModelRegistry
 from trainer.cycle import CycleInterrupted, CycleResult, NotEnoughData, run_cycle
-from trainer.metrics import TrainerMetrics
+from trainer.metrics import RegistryCollector, TrainerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Trainer:
         self.cfg = cfg
         self.models = ModelRegistry(cfg.paths.registry_dir)
         self.metrics = TrainerMetrics(registry)
+        registry.register(RegistryCollector(cfg.paths.registry_dir))
         self.stop_event = threading.Event()
         self.results: list[CycleResult] = []
         self.cycles_run = 0
@@ -89,8 +90,8 @@ def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = 
         r = trainer.cycle()
         return 0 if r is not None else 1
     if cfg.trainer.metrics_port:
-        start_http_server(cfg.trainer.metrics_port, addr="127.0.0.1", registry=registry)
-        log.info("metrics on http://127.0.0.1:%d/metrics", cfg.trainer.metrics_port)
+        start_http_server(cfg.trainer.metrics_port, addr=cfg.trainer.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", cfg.trainer.metrics_host, cfg.trainer.metrics_port)
     from streamer.daemon import install_signal_handlers
 
     install_signal_handlers(trainer.stop)

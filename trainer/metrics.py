@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from deploy.registry import ModelRegistry
 
 OUTCOMES = ("promoted", "held", "failed", "interrupted", "skipped")
 
@@ -40,3 +47,24 @@ class TrainerMetrics:
         )
         self.rows = Gauge(p + "rows", "Rows used by the last cycle", ["split"], registry=registry)
         self.champion = Info(p + "champion", "The champion model version", registry=registry)
+
+
+class RegistryCollector:
+    """Registry state read at scrape time: history entries by action (rollbacks page someone) and versions."""
+
+    ACTIONS = ("register", "promote", "reject", "rollback")
+
+    def __init__(self, root: str | Path) -> None:
+        self.models = ModelRegistry(root)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = Tally(h.get("action") for h in self.models.history())
+        events = CounterMetricFamily(
+            "rankrl_registry_events", "Model registry history entries by action", labels=["action"]
+        )
+        for a in self.ACTIONS:
+            events.add_metric([a], counts.get(a, 0))
+        yield events
+        yield GaugeMetricFamily(
+            "rankrl_registry_versions", "Model versions kept in the registry", value=len(self.models.versions())
+        )

@@ -1,0 +1,147 @@
+"""Deployment monitoring: alert rules under promtool, both daemons' /metrics under promtool, a real scrape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from common.simulator import RankingWorld
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: `apt-get install prometheus` (make test installs it)", pytrace=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def wait_for(fn, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            out = fn()
+            if out:
+                return out
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.3)
+    raise AssertionError(f"not ready after {timeout}s: {last}")
+
+
+def test_alert_rules_check_and_unit_tests() -> None:
+    r = subprocess.run([tool("promtool"), "check", "rules", str(RULES / "rules.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([tool("promtool"), "test", "rules", "rules_test.yml"], cwd=RULES, capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_daemons_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    RankingWorld().write_jsonl(str(events), 500, seed=1)
+    sp, tp, pp = free_port(), free_port(), free_port()
+    common = ["--set", f"paths.buffer_dir={tmp_path / 'buffer'}", "--set", f"paths.registry_dir={tmp_path / 'models'}"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rankrl",
+                "stream",
+                "--source",
+                f"file://{events}",
+                "--metrics-port",
+                str(sp),
+                *common,
+            ],
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rankrl",
+                "train",
+                "--set",
+                f"trainer.metrics_port={tp}",
+                "--set",
+                "trainer.interval_minutes=60",
+                *common,
+            ],
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    prom = None
+    try:
+        for port in (sp, tp):
+            text = wait_for(lambda port=port: fetch(f"http://127.0.0.1:{port}/metrics"))
+            r = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+            assert r.returncode == 0, f"port {port}: {r.stdout}{r.stderr}"
+        assert "rankrl_streamer_events_appended_total" in fetch(f"http://127.0.0.1:{sp}/metrics")
+        trainer_text = fetch(f"http://127.0.0.1:{tp}/metrics")
+        assert 'rankrl_trainer_cycles_total{outcome="promoted"}' in trainer_text
+        assert 'rankrl_registry_events_total{action="rollback"}' in trainer_text
+
+        cfg = {
+            "global": {"scrape_interval": "1s"},
+            "rule_files": [str(RULES / "rules.yml")],
+            "scrape_configs": [
+                {"job_name": "rankrl-streamer", "static_configs": [{"targets": [f"127.0.0.1:{sp}"]}]},
+                {"job_name": "rankrl-trainer", "static_configs": [{"targets": [f"127.0.0.1:{tp}"]}]},
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(json.dumps(cfg))  # JSON is YAML
+        prom = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{pp}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        api = f"http://127.0.0.1:{pp}/api/v1/query?query="
+
+        def query(q: str) -> list:
+            data = json.loads(fetch(api + urllib.request.quote(q)))
+            assert data["status"] == "success"
+            return list(data["data"]["result"])
+
+        up = wait_for(
+            lambda: [r for r in query("up") if r["value"][1] == "1"] if len(query("up")) == 2 else None, timeout=90
+        )
+        assert {r["metric"]["job"] for r in up} == {"rankrl-streamer", "rankrl-trainer"}
+        appended = wait_for(lambda: query("rankrl_streamer_events_appended_total > 0"), timeout=60)
+        assert float(appended[0]["value"][1]) == 500
+    finally:
+        for p in ([prom] if prom else []) + procs:
+            p.send_signal(signal.SIGTERM)
+        for p in ([prom] if prom else []) + procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
