@@ -21,16 +21,17 @@ their columns; it never sees a partial segment.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.durable import atomic_write_bytes, file_lock, fsync_dir
 
 FORMAT_VERSION = 1
 MAGIC = b"RANKRLS1"
@@ -55,25 +56,6 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 
 class BufferError(RuntimeError):
     """A buffer directory that cannot be read or written as expected."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temporary name, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _pad(n: int) -> int:
@@ -172,14 +154,8 @@ class BufferDir:
         elif not self.manifest_path.exists() and not self.segments_dir.exists():
             raise BufferError(f"{self.path} is not a rankrl buffer (no manifest.json): has the streamer run?")
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.lock_path)
 
     def read_manifest(self) -> Manifest:
         try:

@@ -15,7 +15,6 @@ A version folder is written under a temporary name and renamed into place, so it
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import json
@@ -24,11 +23,11 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.buffer import atomic_write_bytes, fsync_dir
+from common.durable import atomic_write_bytes, file_lock, fsync_dir
 
 
 class RegistryError(RuntimeError):
@@ -68,14 +67,8 @@ class ModelRegistry:
         self.lock_path = self.root / "registry.lock"
 
     # ------------------------------------------------------------------------------------------ basics
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.lock_path)
 
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.root.glob("v[0-9]*") if (p / "manifest.json").exists())

@@ -10,8 +10,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from common.config import ConfigError, RankrlConfig, load_config, parse_set_flags
+
+if TYPE_CHECKING:
+    from deploy.registry import ModelRegistry
 
 log = logging.getLogger("rankrl")
 
@@ -86,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles)
 
 
-def _registry(args: argparse.Namespace) -> object:
+def _registry(args: argparse.Namespace) -> ModelRegistry:
     from deploy.registry import ModelRegistry
 
     cfg = _config(args, {"paths": {"registry_dir": args.models}})
@@ -99,10 +103,7 @@ def _fmt(x: object, spec: str = ".4f") -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """A table of the registered versions."""
-    from deploy.registry import ModelRegistry
-
     reg = _registry(args)
-    assert isinstance(reg, ModelRegistry)
     champion = reg.champion()
     rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
     for v in reg.versions():
@@ -130,10 +131,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Champion, last cycle and its decision, buffer rows and age."""
     from common.buffer import BufferError, open_buffer
-    from deploy.registry import ModelRegistry
 
     reg = _registry(args)
-    assert isinstance(reg, ModelRegistry)
     cfg = _config(args, {"paths": {"buffer_dir": args.buffer}})
     print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
     last = reg.latest()
@@ -155,10 +154,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from deploy.registry import ModelRegistry, RegistryError
+    from deploy.registry import RegistryError
 
     reg = _registry(args)
-    assert isinstance(reg, ModelRegistry)
     try:
         previous = reg.promote(args.version, reason=args.reason, force=args.force)
     except RegistryError as e:
@@ -169,10 +167,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from deploy.registry import ModelRegistry, RegistryError
+    from deploy.registry import RegistryError
 
     reg = _registry(args)
-    assert isinstance(reg, ModelRegistry)
     try:
         previous, to = reg.rollback(reason=args.reason, to=args.to)
     except RegistryError as e:
