@@ -85,13 +85,18 @@ def _fill_from_dict(out: np.ndarray, state: Mapping[str, Any], metadata: Sequenc
 
 
 def _fill_from_struct(out: np.ndarray, state: State, metadata: Sequence[RankedItem]) -> None:
+    out[:] = state_tuple(state, metadata)
+
+
+def state_tuple(state: State, metadata: Sequence[RankedItem]) -> tuple[float, ...]:
+    """The 23 features of a parsed state as a plain tuple (batch builders turn many into one array)."""
     u, c, s = state.user_features, state.candidate_features, state.session_features
     price_min, price_max = c.price_min, c.price_max
     if price_min is None or price_max is None:
         prices = [m.price for m in metadata if m.price is not None]
         price_min = (min(prices) if prices else c.price_mean) if price_min is None else price_min
         price_max = (max(prices) if prices else c.price_mean) if price_max is None else price_max
-    out[:] = (
+    return (
         u.luxury_affinity,
         u.hesitation_count,
         u.purchase_count,

@@ -19,7 +19,9 @@ and whose `reason` is a short bounded label (a metric label and the dead-letter 
 
 Speed matters (the streamer parses every record): msgspec decodes straight into typed Structs and checks
 types, required fields and weight signs in one C pass (~6.5 µs for a 2.3 KB event on the 2-core dev machine,
-where orjson's untyped decode alone takes 14 µs); only the cross-field checks below run in Python.
+where orjson's untyped decode alone takes 14 µs); only the cross-field checks below run in Python. The Structs
+are `gc=False` (they hold no reference cycles): with a polled batch of events alive, the cyclic collector
+otherwise re-traverses every one of them and parsing costs ~3x more.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
 Number = float  # msgspec accepts JSON integers for float fields and rejects booleans and strings
 
 
-class UserFeatures(msgspec.Struct):
+class UserFeatures(msgspec.Struct, gc=False):
     luxury_affinity: Number
     hesitation_count: Number
     purchase_count: Number
@@ -66,7 +68,7 @@ class UserFeatures(msgspec.Struct):
     avg_category_spend: dict[str, Number]
 
 
-class CandidateFeatures(msgspec.Struct):
+class CandidateFeatures(msgspec.Struct, gc=False):
     count: Number
     price_mean: Number
     price_std: Number
@@ -77,20 +79,20 @@ class CandidateFeatures(msgspec.Struct):
     price_max: Number | None = None
 
 
-class SessionFeatures(msgspec.Struct):
+class SessionFeatures(msgspec.Struct, gc=False):
     query_length: Number
     query_has_brand: bool | int
     previous_searches_count: Number
     query_has_price_terms: bool | int = False
 
 
-class State(msgspec.Struct):
+class State(msgspec.Struct, gc=False):
     user_features: UserFeatures
     candidate_features: CandidateFeatures
     session_features: SessionFeatures
 
 
-class Action(msgspec.Struct):
+class Action(msgspec.Struct, gc=False):
     W_COLLAB_POS: NonNegative
     W_COLLAB_NEG: NonNegative
     W_TRAIT: NonNegative
@@ -111,20 +113,20 @@ class Action(msgspec.Struct):
         )
 
 
-class RankedItem(msgspec.Struct):
+class RankedItem(msgspec.Struct, gc=False):
     product_id: str | None = None
     price: NonNegative | None = None
     category: str | None = None
 
 
-class Outcomes(msgspec.Struct):
+class Outcomes(msgspec.Struct, gc=False):
     user_action: UserAction
     purchased_ranks: list[int] = []
     purchased_total_value: NonNegative = 0.0
     interacted_ranks: list[int] | None = None
 
 
-class SearchLogEvent(msgspec.Struct):
+class SearchLogEvent(msgspec.Struct, gc=False):
     """One validated search."""
 
     log_id: str

@@ -96,7 +96,8 @@ class Streamer:
 
     def process(self, records: list[Record]) -> None:
         m = self.metrics
-        appended = rejected = dup = 0
+        valid = []
+        rejected = 0
         for r in records:
             try:
                 ev = parse_event(r.value)
@@ -106,14 +107,12 @@ class Streamer:
                 m.rejected.labels(reason=e.reason).inc()
                 rejected += 1
                 continue
-            if self.writer.append(r.key, r.offset, r.next_position, ev, compute_reward(ev, self.reward_config)):
-                appended += 1
-            else:
-                dup += 1
+            valid.append((r.key, r.offset, r.next_position, ev, compute_reward(ev, self.reward_config)))
+        appended = self.writer.append_batch(valid)
         m.consumed.inc(len(records))
         m.appended.inc(appended)
         m.dlq_writes.inc(rejected)
-        m.duplicates.inc(dup)
+        m.duplicates.inc(len(valid) - appended)
         m.unsealed_rows.set(self.writer.unsealed_rows)
 
     def checkpoint(self) -> None:

@@ -16,12 +16,13 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from common.buffer import COLUMNS, BufferDir, Manifest, map_segment, segment_entry, write_segment
-from common.features import _fill_from_struct
+from common.features import state_tuple
 from common.schema import SearchLogEvent
 
 log = logging.getLogger(__name__)
@@ -104,39 +105,58 @@ class BufferWriter:
 
     def append(self, key: str, offset: int, next_position: int, ev: SearchLogEvent, reward: float) -> bool:
         """Store one validated event; False (and nothing stored) when its log id was seen in the window."""
-        h = log_id_hash(ev.log_id)
-        t = ev.event_time
-        if h in self._recent:
-            self.advance(key, next_position)
-            return False
-        if self._n == self._cap:
-            self._grow(self._cap * 2)
-        i = self._n
-        c = self._cols
-        _fill_from_struct(c["state"][i], ev.state, ev.ranking_metadata)
-        w = ev.action.weights()
-        total = sum(w)
-        c["action"][i] = [x / total for x in w]
-        c["reward"][i] = reward
-        o = ev.outcomes
-        bought = o.user_action == "purchase"
-        c["converted"][i] = bought
-        c["revenue"][i] = o.purchased_total_value if bought else 0.0
-        c["first_purchase_rank"][i] = min(o.purchased_ranks) if bought and o.purchased_ranks else 0
-        lp = ev.logging_log_density
-        c["log_propensity"][i] = np.nan if lp is None else lp
-        c["event_time"][i] = t
+        return self.append_batch([(key, offset, next_position, ev, reward)]) == 1
+
+    def append_batch(self, rows: Sequence[tuple[str, int, int, SearchLogEvent, float]]) -> int:
+        """Store validated events (key, offset, next position, event, reward); returns how many were new.
+
+        Events whose log id was seen within the dedup window (or earlier in this batch) only advance their
+        partition's position. Columns are filled with one array assignment each: per-row numpy writes cost
+        ~8 µs an event, about as much as parsing it.
+        """
+        recent = self._recent
+        fresh = []
+        for row in rows:
+            h = log_id_hash(row[3].log_id)
+            if h in recent:
+                continue
+            t = row[3].event_time
+            recent[h] = t
+            fresh.append((row, h, t))
+        m = len(fresh)
+        if m:
+            while self._n + m > self._cap:
+                self._grow(self._cap * 2)
+            lo, hi = self._n, self._n + m
+            c = self._cols
+            evs = [r[0][3] for r in fresh]
+            c["state"][lo:hi] = [state_tuple(e.state, e.ranking_metadata) for e in evs]
+            actions = np.array([e.action.weights() for e in evs], dtype=np.float64)
+            c["action"][lo:hi] = actions / actions.sum(axis=1, keepdims=True)
+            c["reward"][lo:hi] = [r[0][4] for r in fresh]
+            outcomes = [e.outcomes for e in evs]
+            bought = [o.user_action == "purchase" for o in outcomes]
+            c["converted"][lo:hi] = bought
+            c["revenue"][lo:hi] = [o.purchased_total_value if b else 0.0 for o, b in zip(outcomes, bought, strict=True)]
+            c["first_purchase_rank"][lo:hi] = [
+                min(o.purchased_ranks) if b and o.purchased_ranks else 0 for o, b in zip(outcomes, bought, strict=True)
+            ]
+            c["log_propensity"][lo:hi] = [np.nan if (lp := e.logging_log_density) is None else lp for e in evs]
+            c["event_time"][lo:hi] = [r[2] for r in fresh]
+            c["partition"][lo:hi] = [self._partition_index(r[0][0]) for r in fresh]
+            c["offset"][lo:hi] = [r[0][1] for r in fresh]
+            c["log_id_hash"][lo:hi] = [r[1] for r in fresh]
+            self._n = hi
+        for key, _, nxt, _, _ in rows:
+            self.advance(key, nxt)
+        return m
+
+    def _partition_index(self, key: str) -> int:
         idx = self._key_index.get(key)
         if idx is None:
             idx = self._key_index[key] = len(self._keys)
             self._keys.append(key)
-        c["partition"][i] = idx
-        c["offset"][i] = offset
-        c["log_id_hash"][i] = h
-        self._n += 1
-        self._recent[h] = t
-        self.advance(key, next_position)
-        return True
+        return idx
 
     def drop(self, keys: set[str]) -> int:
         """Forget unsealed rows and positions of partitions this process no longer owns; returns rows dropped."""
