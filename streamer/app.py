@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from kafka.errors import KafkaError
+
 from common.reward import RewardConfig, compute_reward
 from common.schema import InvalidEvent, parse_event
 from streamer.dlq import DeadLetters
@@ -128,11 +130,8 @@ class Streamer:
                 break
             except OSError as e:
                 self._failed("disk", e, started, delay)
-            except Exception as e:  # the DLQ producer's broker errors
-                if type(e).__module__.startswith("kafka"):
-                    self._failed("dlq", e, started, delay)
-                else:
-                    raise
+            except KafkaError as e:  # the dead-letter producer could not get a record confirmed
+                self._failed("dlq", e, started, delay)
             delay = min(delay * 2, 10.0)
         if self.paused:  # resumed after an error
             self.paused = False
