@@ -32,6 +32,7 @@ from common.buffer import open_buffer
 from common.config import load_config
 from common.simulator import RankingWorld
 from streamer.daemon import build_streamer
+from streamer.sources import KafkaSettings
 from tests.kafka_broker import kafka_broker
 
 
@@ -58,6 +59,7 @@ def raw_rate(bootstrap: str, topic: str, n: int) -> float:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=1000,
+        max_partition_fetch_bytes=KafkaSettings("", "").max_partition_fetch_bytes,  # the streamer's setting
     )
     seen = 0
     t0 = None
