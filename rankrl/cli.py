@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
     decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction)
     print(format_report(decision.report))
-    j, p = write_outputs(decision.report, Path(args.out))
+    j, p = write_outputs(decision.report, Path(args.out or cfg.paths.results_dir))
     print(f"report: {j}\nplot:   {p}")
     return 0
 
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidate", required=True, help="registry version (v0003) or a .d3 file")
     s.add_argument("--champion", help="registry version or .d3 file (default: the logging policy)")
     s.add_argument("--holdout-fraction", type=float, help="newest share of the window to evaluate on")
-    s.add_argument("--out", default="results", help="folder for evaluation_report.json and evaluation.png")
+    s.add_argument("--out", help="folder for evaluation_report.json and evaluation.png (paths.results_dir)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("promote", help="make a version the champion (recorded as a manual promotion)")

@@ -242,9 +242,11 @@ class PromotionGate:
         champ_mean = None if champion is None else champion(data.states)
         cand_mean_full = candidate(data.states)
         w0 = np.ones(n) if champ_mean is None else np.exp(self.exploration.log_density(data.actions, champ_mean) - logp)
+        champion_checks: list[tuple[str, bool, str]] = []
         if champ_mean is not None:
             d0 = weight_diagnostics(w0, conv)
             report["champion_weights"] = d0.to_dict()
+            champion_checks = self._weight_checks("champion", d0)  # w0 is the same for every step
         report["champion"] = {
             "policy": "logging" if champ_mean is None else "champion",
             "snips_conversion": estimate(conv, w0, "snips").to_dict(),
@@ -264,7 +266,9 @@ class PromotionGate:
             if t < 1.0 and base_mean is None:
                 continue
             cand_mean = cand_mean_full if t >= 1.0 else shrink_towards(base_mean, cand_mean_full, t)  # type: ignore[arg-type]
-            res = self._evaluate_step(data, conv, logp, w0, cand_mean, champ_mean, logging_mean, model, rng, bootstrap)
+            res = self._evaluate_step(
+                data, conv, logp, w0, cand_mean, champion_checks, logging_mean, model, rng, bootstrap
+            )
             res["step"] = t
             steps_report.append(res)
             step_checks = res.pop("_checks")
@@ -288,7 +292,7 @@ class PromotionGate:
         logp: np.ndarray,
         w0: np.ndarray,
         cand_mean: np.ndarray,
-        champ_mean: np.ndarray | None,
+        champion_checks: list[tuple[str, bool, str]],
         logging_mean: MeanPolicy | None,
         model: DirichletBehaviourModel | None,
         rng: np.random.Generator,
@@ -297,9 +301,7 @@ class PromotionGate:
         cfg = self.config
         w1 = np.exp(self.exploration.log_density(data.actions, cand_mean) - logp)
         d1 = weight_diagnostics(w1, conv)
-        checks = self._weight_checks("candidate", d1)
-        if champ_mean is not None:
-            checks += self._weight_checks("champion", weight_diagnostics(w0, conv))
+        checks = self._weight_checks("candidate", d1) + champion_checks
         support = self._support_violations(data, cand_mean, logging_mean, model)
         if support is not None:
             checks.append(("support", support <= 0.01, f"{support:.4f} of rows outside support (ceiling 0.01)"))

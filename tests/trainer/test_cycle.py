@@ -50,6 +50,13 @@ def config(buffer_dir: Path, models: Path, **extra: dict) -> RankrlConfig:
     return cfg
 
 
+def train_cmd(buffer_dir: Path, models: Path, *extra: str) -> list[str]:
+    """A `rankrl train` that would run for hours: small nets, 100k steps, epochs of `steps_per_epoch`."""
+    return [sys.executable, "-m", "rankrl", "train", "--buffer", str(buffer_dir), "--models", str(models),
+            "--set", "model.hidden_units=32,32", "--set", "trainer.steps_per_cycle=100000",
+            "--set", "trainer.window_s=1e10", *extra]  # fmt: skip
+
+
 def checkpoint_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -146,25 +153,7 @@ def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tm
     run_cycle(cfg, reg)
     reg.promote("v0001", reason="test baseline", force=True)
     before = (reg.versions(), reg.champion(), len(reg.history()))
-    cmd = [
-        sys.executable,
-        "-m",
-        "rankrl",
-        "train",
-        "--once",
-        "--buffer",
-        str(buffer_dir),
-        "--models",
-        str(models),
-        "--set",
-        "model.hidden_units=32,32",
-        "--set",
-        "trainer.steps_per_cycle=100000",
-        "--set",
-        "trainer.steps_per_epoch=50",
-        "--set",
-        "trainer.window_s=1e10",
-    ]
+    cmd = train_cmd(buffer_dir, models, "--once", "--set", "trainer.steps_per_epoch=50")
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as p:
         assert p.stderr is not None
         for line in p.stderr:
@@ -180,26 +169,7 @@ def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tm
 
 def test_sigterm_stops_between_epochs_without_registering(buffer_dir: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rankrl",
-        "train",
-        "--buffer",
-        str(buffer_dir),
-        "--models",
-        str(models),
-        "--set",
-        "model.hidden_units=32,32",
-        "--set",
-        "trainer.steps_per_cycle=100000",
-        "--set",
-        "trainer.steps_per_epoch=20",
-        "--set",
-        "trainer.window_s=1e10",
-        "--set",
-        "trainer.metrics_port=0",
-    ]
+    cmd = train_cmd(buffer_dir, models, "--set", "trainer.steps_per_epoch=20", "--set", "trainer.metrics_port=0")
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as p:
         assert p.stderr is not None
         for line in p.stderr:
