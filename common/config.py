@@ -11,6 +11,7 @@ of the wrong type fail at start with a message naming the key and where it came 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import tomllib
 import types
@@ -97,9 +98,19 @@ class GateConfig:
     max_mean_weight_deviation: float = 0.05
     min_holdout_rows: int = 10_000
     min_holdout_conversions: int = 300
+    # The trainer's fallback when the full candidate fails: test these fractions of the way from the champion
+    # (or the logger) towards it, smallest first, stopping at the first failure; promote the largest passing one
+    # (a fixed sequence: the error rate stays at alpha). (1.0,) tests the full candidate only.
+    shrinkage_steps: tuple[float, ...] = (0.25, 0.5, 1.0)
 
     def __post_init__(self) -> None:
         _check(0.0 < self.alpha < 0.5, "gate.alpha", "must be in (0, 0.5)")
+        st = self.shrinkage_steps
+        _check(
+            len(st) >= 1 and all(0.0 < t <= 1.0 for t in st) and all(a < b for a, b in itertools.pairwise(st)),
+            "gate.shrinkage_steps",
+            "needs increasing fractions in (0, 1]: [0.25, 0.5, 1.0] in TOML, 0.25,0.5,1.0 with --set",
+        )
         _check(0.0 < self.max_weight_share <= 1.0, "gate.max_weight_share", "must be in (0, 1]")
         _check(self.min_holdout_rows >= 1, "gate.min_holdout_rows", "must be >= 1")
 

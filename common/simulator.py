@@ -70,6 +70,10 @@ class WorldConfig:
     n_shown: int = 10
     examination_decay: float = 1.0  # θ_k = k^-η
     duplicate_signal: tuple[int, int] | None = None  # (src, dst): φ_dst := φ_src, an exact-null construction
+    # The logging policy's mean weights: softmax(logging_logits + z(s) W), W ~ N(0, logging_personalisation²).
+    # The default favours popularity signals and is a decent ranker; `HAND_TUNED` is a poorer one (the demo's).
+    logging_logits: tuple[float, ...] = (1.0, 0.2, 0.3, 0.3, 0.2, 0.8, 0.2)
+    logging_personalisation: float = 0.15
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
@@ -128,8 +132,10 @@ class RankingWorld:
         self.config = config or WorldConfig()
         rs = np.random.default_rng(world_seed)
         # The logging policy: softmax(base + W z(s)), mildly personalised, favouring popularity signals.
-        self.logging_base = np.array([1.0, 0.2, 0.3, 0.3, 0.2, 0.8, 0.2])
-        self.logging_w = rs.normal(0.0, 0.15, size=(STATE_DIM, 7))
+        self.logging_base = np.array(self.config.logging_logits, dtype=np.float64)
+        if self.logging_base.shape != (7,):
+            raise ValueError(f"logging_logits needs 7 values, got {len(self.config.logging_logits)}")
+        self.logging_w = rs.normal(0.0, self.config.logging_personalisation, size=(STATE_DIM, 7))
         # State standardisation constants, from a large sample of this world's contexts.
         sample = self.contexts(20_000, np.random.default_rng(world_seed + 1)).states.astype(np.float64)
         self.state_mean = sample.mean(axis=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ class ServingPolicy:
         version = self.registry.champion()
         if version is None:
             raise RegistryError(f"no champion in {self.registry.root}: promote a model first")
-        policy = torch.jit.load(str(self.registry.path(version, "policy.pt")), map_location="cpu")
+        policy = load_policy_mean(self.registry.path(version, "policy.pt"))
         ex = json.loads(self.registry.path(version, "exploration.json").read_text())
         with self._lock:
             self._policy, self.version, self._mtime = policy, version, mtime
@@ -57,10 +58,7 @@ class ServingPolicy:
     def mean(self, states: np.ndarray) -> np.ndarray:
         """Mean weights for state vectors [n, 23] (or one [23])."""
         self._reload()
-        x = torch.as_tensor(np.atleast_2d(np.asarray(states, dtype=np.float32)))
-        with torch.no_grad():
-            out = self._policy(x).numpy()
-        return weights_from_actions(out)
+        return self._policy(np.atleast_2d(states))
 
     def act(self, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Served weights for one state vector and the natural log of their density (log it as log_propensity)."""
@@ -68,3 +66,68 @@ class ServingPolicy:
         with self._lock:
             a, logp = self.exploration.sample(m, self.rng)
         return a[0], float(logp[0])
+
+
+def load_policy_mean(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A registry's exported policy (TorchScript `policy.pt`) as mean weights: states [n, 23] -> weights [n, 7]."""
+    module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+
+    def mean(states: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.atleast_2d(np.asarray(states, dtype=np.float32)))
+        if len(x) == 0:
+            return np.empty((0, 7))
+        with torch.no_grad():
+            out = np.concatenate([module(x[i : i + 65_536]).numpy() for i in range(0, len(x), 65_536)])
+        return weights_from_actions(out)
+
+    return mean
+
+
+# ------------------------------------------------------------------------------------- shrunk (trust-region) steps
+class LinearSoftmaxPolicy(torch.nn.Module):
+    """Mean weights softmax(((s - mu) / sd) @ W + c): the form of the estimated logging policy
+    (common.ope.DirichletBehaviourModel), exported so a shrunk step towards the logger can be served."""
+
+    def __init__(self, mu: np.ndarray, sd: np.ndarray, coef: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32))
+        self.register_buffer("sd", torch.as_tensor(sd, dtype=torch.float32))
+        self.register_buffer("w", torch.as_tensor(coef[:-1], dtype=torch.float32))
+        self.register_buffer("c", torch.as_tensor(coef[-1], dtype=torch.float32))
+
+        self.mu: torch.Tensor
+        self.sd: torch.Tensor
+        self.w: torch.Tensor
+        self.c: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(((x - self.mu) / self.sd) @ self.w + self.c, dim=-1)
+
+
+class ShrunkPolicy(torch.nn.Module):
+    """Mean weights `step` of the way from a base policy (the champion, or the logger) to a candidate, in
+    log-ratio space: softmax((1 - t) log b(s) + t log c(s)). The torch twin of trainer.gate.shrink_towards."""
+
+    def __init__(self, base: torch.nn.Module, candidate: torch.nn.Module, step: float) -> None:
+        super().__init__()
+        self.base = base
+        self.candidate = candidate
+        self.step = float(step)
+
+    @staticmethod
+    def _simplex(a: torch.Tensor) -> torch.Tensor:
+        a = torch.clamp(a, min=0.0)
+        s = a.sum(dim=-1, keepdim=True)
+        return torch.where(s > 0, a / torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(a, 1.0 / 7.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = torch.log(torch.clamp(self._simplex(self.base(x)), min=1e-12))
+        c = torch.log(torch.clamp(self._simplex(self.candidate(x)), min=1e-12))
+        return torch.softmax((1.0 - self.step) * b + self.step * c, dim=-1)
+
+
+def export_shrunk_policy(base: torch.nn.Module, candidate_path: Path, step: float, out: Path) -> None:
+    """Write the served policy of a shrunk step as TorchScript (what `policy.pt` holds for such a version)."""
+    candidate = torch.jit.load(str(candidate_path), map_location="cpu")
+    torch.jit.save(torch.jit.script(ShrunkPolicy(base, candidate, step)), str(out))

@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from common.buffer import ReplayWindow, open_buffer
 from common.config import RankrlConfig
 from common.exploration import DirichletExploration, weights_from_actions
+from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
+from deploy.serving import LinearSoftmaxPolicy, export_shrunk_policy, load_policy_mean
 from trainer.data import ArraySampler, TrainingArrays
 from trainer.gate import EvaluationData, GateDecision, PromotionGate
 
@@ -189,15 +192,28 @@ def run_cycle(
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
 
     exploration = DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha)
-    gate = PromotionGate(cfg.gate, exploration)
+    gate = PromotionGate(cfg.gate, exploration, shrinkage_steps=cfg.gate.shrinkage_steps)
     holdout = evaluation_data(window, hold_idx)
     champion = registry.champion()
-    champ_mean = policy_mean(load_cql(registry.path(champion, "model.d3"), device)) if champion else None
+    # The champion as it is served (its policy.pt: a shrunk step is a mix, not its CQL checkpoint's action).
+    champ_mean = load_policy_mean(registry.path(champion, "policy.pt")) if champion else None
+    recent_train = train_idx[-min(len(train_idx), 50_000) :]
     behaviour_fit = None
     if not np.isfinite(holdout.logging_log_density).all():
-        behaviour_fit = evaluation_data(window, train_idx[-min(len(train_idx), 50_000) :])
+        behaviour_fit = evaluation_data(window, recent_train)
+    # With no champion, shrunk steps move from the logger's mean: estimated on training rows (the importance
+    # weights still use the logged densities; the estimate only places the step).
+    logging_model = None
+    if champion is None and behaviour_fit is None and min(cfg.gate.shrinkage_steps) < 1.0:
+        k = len(recent_train)
+        logging_model = DirichletBehaviourModel().fit(train.states[-k:], train.actions[-k:])
     decision: GateDecision = gate.evaluate(
-        holdout, policy_mean(algo), champ_mean, behaviour_fit=behaviour_fit, seed=tc.seed
+        holdout,
+        policy_mean(algo),
+        champ_mean,
+        behaviour_fit=behaviour_fit,
+        logging_mean=None if logging_model is None else logging_model.mean,
+        seed=tc.seed,
     )
     report = decision.report
     report["policy"] = {
@@ -223,18 +239,33 @@ def run_cycle(
         "device": device,
         "report": report,
     }
+    step = decision.step if decision.promote else None
+    if step is not None and step < 1.0:
+        manifest["served"] = {"step": step, "towards_from": champion or "logging policy (estimated)"}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         algo.save(str(d / "model.d3"))
-        algo.save_policy(str(d / "policy.pt"))
+        algo.save_policy(str(d / "candidate_policy.pt"))
         (d / "exploration.json").write_text(json.dumps(manifest["exploration"]))
-        version = registry.register(
-            {"model.d3": d / "model.d3", "policy.pt": d / "policy.pt", "exploration.json": d / "exploration.json"},
-            manifest,
-            who=who,
-        )
+        files = {
+            "model.d3": d / "model.d3",
+            "policy.pt": d / "candidate_policy.pt",
+            "exploration.json": d / "exploration.json",
+        }
+        if step is not None and step < 1.0:
+            # What is served is the promoted step, not the full candidate (kept as candidate_policy.pt).
+            base = (
+                torch.jit.load(str(registry.path(champion, "policy.pt")), map_location="cpu")
+                if champion
+                else LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)  # type: ignore[union-attr,arg-type]
+            )
+            export_shrunk_policy(base, d / "candidate_policy.pt", step, d / "policy.pt")
+            files["policy.pt"] = d / "policy.pt"
+            files["candidate_policy.pt"] = d / "candidate_policy.pt"
+        version = registry.register(files, manifest, who=who)
     if decision.promote:
-        registry.promote(version, reason=f"gate: {decision.report['rule']}", who=who, automatic=True)
+        how = "" if step is None or step >= 1.0 else f" (serving the {step:g} step from {champion or 'the logger'})"
+        registry.promote(version, reason=f"gate: {decision.report['rule']}{how}", who=who, automatic=True)
     else:
         registry.reject(version, reason=decision.label, who=who)
     registry.retain(tc.keep_last)

@@ -16,6 +16,7 @@ from common.buffer import open_buffer
 from common.config import RankrlConfig
 from common.exploration import DirichletExploration
 from deploy.registry import ModelRegistry
+from deploy.serving import load_policy_mean
 from trainer.cycle import evaluation_data, load_cql, policy_mean, resolve_device
 from trainer.gate import GateDecision, PromotionGate
 
@@ -42,7 +43,15 @@ def evaluate_models(
     hold = np.sort(order[-n_hold:])
     device = resolve_device(cfg.trainer.device)
     cand = policy_mean(load_cql(resolve_model(candidate, registry), device))
-    champ = policy_mean(load_cql(resolve_model(champion, registry), device)) if champion else None
+    champ = None
+    if champion:
+        # a registry champion as served (policy.pt: a promoted shrunk step is a mix); a .d3 file as its action
+        p = Path(champion)
+        champ = (
+            policy_mean(load_cql(p, device))
+            if p.suffix == ".d3" and p.exists()
+            else load_policy_mean(registry.path(champion, "policy.pt"))
+        )
     data = evaluation_data(window, hold)
     fit = None
     if not np.isfinite(data.logging_log_density).all():

@@ -1,0 +1,33 @@
+"""The options of `rankrl demo` and their defaults (kept apart from rankrl/demo.py so `rankrl --help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.simulator import RankingWorld
+
+
+@dataclass
+class DemoOptions:
+    minutes: float = 5.0  # wall time of the whole demo, history included
+    dir: Path = Path("data/demo")
+    history: int = 150_000  # logged searches before rankrl starts (about 2 h of traffic at 20/s)
+    rate: float = 400.0  # live searches per second
+    interval_minutes: float = 1.0  # trainer schedule
+    steps_per_cycle: int = 300
+    holdout_fraction: float = 0.4
+    kappa: float = 20.0
+    n_candidates: int = 100  # candidates per search (the top 10 are shown)
+    seed: int = 0
+    streamer_metrics_port: int = 9108  # 0 = none
+    trainer_metrics_port: int = 9109
+    truth_contexts: int = 20_000  # Monte Carlo contexts per true-value evaluation
+    extra_set: list[str] = field(default_factory=list)  # more --set flags for both children
+
+    def world(self) -> RankingWorld:
+        from common.simulator import RankingWorld, WorldConfig
+
+        return RankingWorld(WorldConfig(n_candidates=self.n_candidates))
