@@ -243,6 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     opts = DemoOptions(
         minutes=args.minutes,
+        cycles=args.cycles,
         dir=Path(args.dir),
         history=args.history,
         rate=args.rate,
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "conversion. No Kafka needed.",
     )
     s.add_argument("--minutes", type=float, default=d.minutes, help=f"total wall time (default {d.minutes:g})")
+    s.add_argument("--cycles", type=int, default=d.cycles, help="stop earlier, once this many cycles are registered")
     s.add_argument("--dir", default=str(d.dir), help=f"working folder, replaced on each run (default {d.dir})")
     s.add_argument("--history", type=int, default=d.history, help=f"searches logged before rankrl starts ({d.history})")
     s.add_argument("--rate", type=float, default=d.rate, help=f"live searches per second (default {d.rate:g})")

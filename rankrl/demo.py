@@ -154,6 +154,7 @@ def _cycles(registry: ModelRegistry) -> list[dict[str, Any]]:
                 "parent": m.get("parent"),
                 "cumulative_steps": m.get("cumulative_steps"),
                 "decision": r.get("decision"),
+                "promoted_step": r.get("promoted_step"),
                 "reasons": r.get("reasons", []),
                 "holdout_rows": (m.get("data_window") or {}).get("holdout_rows"),
                 "estimate": cand.get("value"),
@@ -215,6 +216,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for i, c in enumerate(s["cycles"], 1):
         dec = c["decision"] or "-"
+        if c["promoted_step"] is not None and c["promoted_step"] < 1.0:
+            dec += f" (step {c['promoted_step']:g})"
         if c["reasons"]:
             dec += ":" + ",".join(c["reasons"])
         est = "-"
@@ -237,7 +240,9 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("  champion: none promoted; the logging policy still serves (see the reasons above)")
-    lines.append("  (TRUE = the simulator's exact expected conversion of the policy as served, with exploration)")
+    lines.append("  TRUE: the simulator's exact expected conversion of the version's served policy, with exploration.")
+    lines.append("  A promoted step t serves the mix t of the way from the champion (or the logger) to the candidate;")
+    lines.append("  its estimate and LCB Δ are that step's, held rows show the full candidate's.")
     return "\n".join(lines)
 
 
@@ -377,7 +382,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         )
         engine = SearchEngine(world, registry, opts.kappa, opts.seed + 1000)
         last_progress = 0.0
-        while time.time() < deadline:
+        while time.time() < deadline and not (opts.cycles and len(registry.versions()) >= opts.cycles):
             tick = time.time()
             n = max(1, int(opts.rate))
             engine.serve(n, events, start_time=tick, interval_s=1.0 / opts.rate)

@@ -13,12 +13,13 @@ if TYPE_CHECKING:
 @dataclass
 class DemoOptions:
     minutes: float = 5.0  # wall time of the whole demo, history included
+    cycles: int = 0  # stop once this many training cycles are registered (0 = run until `minutes`)
     dir: Path = Path("data/demo")
-    history: int = 150_000  # logged searches before rankrl starts (about 2 h of traffic at 20/s)
+    history: int = 200_000  # logged searches before rankrl starts (about 3 h of traffic at 20/s)
     rate: float = 400.0  # live searches per second
     interval_minutes: float = 1.0  # trainer schedule
     steps_per_cycle: int = 300
-    holdout_fraction: float = 0.4
+    holdout_fraction: float = 0.5
     kappa: float = 20.0
     n_candidates: int = 100  # candidates per search (the top 10 are shown)
     seed: int = 0

@@ -69,12 +69,13 @@ def resolve_device(name: str) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu:0"
 
 
-def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str, normalize: bool = True) -> Any:
+def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str, normalize: bool = True, seed: int = 0) -> Any:
     """A cold-start CQL with the seed's hyperparameters and scalers fitted on the training rows.
 
     `normalize=False` (the original `--no_normalize`) feeds the raw state features to the networks."""
     import d3rlpy
 
+    d3rlpy.seed(seed)  # reproducible network initialisation (and the actor's sampling after it)
     m = cfg.model
     mean = train.states.mean(axis=0)
     std = train.states.std(axis=0) + 1e-6
@@ -183,9 +184,12 @@ def run_cycle(
         algo = load_cql(registry.path(parent, "model.d3"), device)
         steps_before = int(registry.manifest(parent).get("cumulative_steps", 0))
         algo._grad_step = steps_before  # d3rlpy's .d3 does not store it
+        import d3rlpy
+
+        d3rlpy.seed(tc.seed + steps_before)  # reproducible sampling of the actor's actions in the updates
         log.info("trainer warm start from=%s cumulative_steps=%d", parent, steps_before)
     else:
-        algo = new_cql(cfg, train, device)
+        algo = new_cql(cfg, train, device, seed=tc.seed)
         steps_before = 0
         log.info("trainer cold start (no %s yet)", tc.warm_start_from)
     sampler = ArraySampler(train, seed=tc.seed + steps_before)

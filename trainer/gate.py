@@ -277,8 +277,9 @@ class PromotionGate:
             else:
                 break
         report["steps"] = steps_report
-        final = steps_report[-1] if steps_report else {}
-        report.update({k: v for k, v in final.items() if k in ("candidate", "candidate_weights", "difference")})
+        # The evidence shown at the top: the promoted step's, else the last step tested (the one that failed).
+        shown = next((r for r in steps_report if r["step"] == promoted_step), steps_report[-1] if steps_report else {})
+        report.update({k: v for k, v in shown.items() if k in ("candidate", "candidate_weights", "difference")})
         if promoted_step is not None:
             return self._finish(True, checks, promoted_step, report)
         if cross_checks and steps_report:
