@@ -155,6 +155,7 @@ def _cycles(registry: ModelRegistry) -> list[dict[str, Any]]:
                 "cumulative_steps": m.get("cumulative_steps"),
                 "decision": r.get("decision"),
                 "promoted_step": r.get("promoted_step"),
+                "tested_step": (r.get("steps") or [{}])[-1].get("step"),
                 "reasons": r.get("reasons", []),
                 "holdout_rows": (m.get("data_window") or {}).get("holdout_rows"),
                 "estimate": cand.get("value"),
@@ -211,22 +212,23 @@ def format_summary(s: dict[str, Any]) -> str:
         "",
         f"rankrl demo: {s['searches_served']:,} searches in {s['seconds']:.0f} s, {len(s['cycles'])} training cycles",
         "",
-        f"  {'cycle':<6} {'version':<8} {'steps':>6} {'decision':<34} {'estimate [95% CI]':<26} "
+        f"  {'cycle':<6} {'version':<8} {'steps':>6} {'decision':<36} {'estimate [95% CI]':<26} "
         f"{'LCB Δ':>9} {'ESS/n':>6} {'TRUE':>7}",
     ]
     for i, c in enumerate(s["cycles"], 1):
         dec = c["decision"] or "-"
-        if c["promoted_step"] is not None and c["promoted_step"] < 1.0:
-            dec += f" (step {c['promoted_step']:g})"
         if c["reasons"]:
             dec += ":" + ",".join(c["reasons"])
+        step = c["promoted_step"] if c["decision"] == "PROMOTE" else c["tested_step"]
+        if step is not None and step < 1.0:
+            dec += f" (step {step:g})"
         est = "-"
         if c["estimate"] is not None:
             est = f"{pct(c['estimate'])} [{pct(c['estimate_low'])}, {pct(c['estimate_high'])}]"
         lcb = "-" if c["delta_lcb"] is None else f"{100 * c['delta_lcb']:+.2f}pp"
         ess = "-" if c["ess_fraction"] is None else f"{c['ess_fraction']:.2f}"
         lines.append(
-            f"  {i:<6} {c['version']:<8} {c['cumulative_steps'] or 0:>6} {dec[:34]:<34} {est:<26} {lcb:>9} {ess:>6} "
+            f"  {i:<6} {c['version']:<8} {c['cumulative_steps'] or 0:>6} {dec[:36]:<36} {est:<26} {lcb:>9} {ess:>6} "
             f"{pct(c['true_conversion']):>7}"
         )
     lo, best = s["logging_true_conversion"], s["best_known_true_conversion"]
@@ -241,8 +243,8 @@ def format_summary(s: dict[str, Any]) -> str:
     else:
         lines.append("  champion: none promoted; the logging policy still serves (see the reasons above)")
     lines.append("  TRUE: the simulator's exact expected conversion of the version's served policy, with exploration.")
-    lines.append("  A promoted step t serves the mix t of the way from the champion (or the logger) to the candidate;")
-    lines.append("  its estimate and LCB Δ are that step's, held rows show the full candidate's.")
+    lines.append("  (step t): the estimate and LCB Δ are those of the candidate moved t of the way from the champion")
+    lines.append("  (or the logger): the step promoted, which is what serves, or the first step that failed.")
     return "\n".join(lines)
 
 
