@@ -2,6 +2,7 @@
 
     python bench/gate_calibration.py                       # full: 1,000 null replicates per scenario (~25 min)
     python bench/gate_calibration.py --replicates 200 --power-replicates 50 --lifts=-0.02,0.05  # quicker
+    python bench/gate_calibration.py --shrinkage ...       # the trainer's gate, with its 25% / 50% / 100% steps
 
 1. Calibration (exact null): a world whose MARKET_DEAL signal duplicates MARKET_CONV; the candidate moves a
    fraction of the logger's weight between the two copies, so its served weights differ (importance weights
@@ -48,19 +49,27 @@ def replicate(
     reps: int,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    promoted = point = 0
+    promoted = point = full = 0
     ess = []
     for r in range(reps):
         ctx = pool.take(rng.integers(0, len(pool), n))
         d = EvaluationData.from_arrays(world.logged_holdout(ctx, rng, exploration=gate.exploration))
-        dec = gate.evaluate(d, policy, bootstrap="when_needed", cross_checks=False, seed=r)
+        # logging_mean places the shrunk steps (when the gate has any); the weights use the logged densities
+        dec = gate.evaluate(
+            d, policy, logging_mean=world.logging_policy, bootstrap="when_needed", cross_checks=False, seed=r
+        )
         promoted += dec.promote
-        point += dec.report["difference"]["delta"] > 0
-        ess.append(dec.report["candidate_weights"]["ess_fraction"])
+        full += dec.promote and dec.step == 1.0
+        steps = dec.report["steps"]
+        point += steps[-1]["difference"]["delta"] > 0 if len(steps) == 1 else 0
+        ess.append(
+            next(st for st in steps if st["step"] == max(x["step"] for x in steps))["candidate_weights"]["ess_fraction"]
+        )
     lo, hi = clopper_pearson(promoted, reps)
     return {
         "promoted": promoted,
         "rate": promoted / reps,
+        "full_rate": full / reps,
         "cp_low": lo,
         "cp_high": hi,
         "point": point / reps,
@@ -95,9 +104,14 @@ def main() -> int:
     p.add_argument("--kappa", type=float, default=20.0, help="exploration concentration of the logger")
     p.add_argument("--skip-null", action="store_true", help="run the power sweep only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shrinkage",
+        action="store_true",
+        help="the trainer's gate: test the 25%%, 50%%, 100%% steps from the logger (promoted = any step)",
+    )
     args = p.parse_args()
     ex = DirichletExploration(kappa=args.kappa)
-    gate = PromotionGate(GateConfig(), ex)
+    gate = PromotionGate(GateConfig(), ex, shrinkage_steps=(0.25, 0.5, 1.0) if args.shrinkage else (1.0,))
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
 
@@ -175,7 +189,10 @@ def power(
         ]
         print(
             f"| {achieved:+.1%} | {beta:+.2f} | "
-            + " | ".join(f"{r['rate']:.2f} ({r['ess']:.3f})" for r in cells)
+            + " | ".join(
+                f"{r['rate']:.2f} ({r['ess']:.3f})" + (f", full step {r['full_rate']:.2f}" if args.shrinkage else "")
+                for r in cells
+            )
             + " |",
             flush=True,
         )

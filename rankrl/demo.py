@@ -343,7 +343,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         interval_s=interval,
     )
     children = Children(opts)
-    summary: dict[str, Any] = {}
+    engine = SearchEngine(world, registry, opts.kappa, opts.seed + 1000)
     try:
         children.start(
             "streamer",
@@ -382,17 +382,19 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
             ],
             env={"OMP_NUM_THREADS": "1"},  # two cores: one for training, one for traffic and the streamer
         )
-        engine = SearchEngine(world, registry, opts.kappa, opts.seed + 1000)
         last_progress = 0.0
-        while time.time() < deadline and not (opts.cycles and len(registry.versions()) >= opts.cycles):
-            tick = time.time()
-            n = max(1, int(opts.rate))
-            engine.serve(n, events, start_time=tick, interval_s=1.0 / opts.rate)
-            children.check()
-            if tick - last_progress >= 10:
-                say(_progress(t0, engine, opts, registry))
-                last_progress = tick
-            time.sleep(max(0.0, 1.0 - (time.time() - tick)))
+        try:
+            while time.time() < deadline and not (opts.cycles and len(registry.versions()) >= opts.cycles):
+                tick = time.time()
+                n = max(1, int(opts.rate))
+                engine.serve(n, events, start_time=tick, interval_s=1.0 / opts.rate)
+                children.check()
+                if tick - last_progress >= 10:
+                    say(_progress(t0, engine, opts, registry))
+                    last_progress = tick
+                time.sleep(max(0.0, 1.0 - (time.time() - tick)))
+        except KeyboardInterrupt:
+            say("interrupted: stopping the streamer and the trainer, then the summary")
         say(_progress(t0, engine, opts, registry))
     finally:
         codes = children.stop()
