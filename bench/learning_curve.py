@@ -40,7 +40,8 @@ from trainer.data import ArraySampler, TrainingArrays
 def loop_table(s: dict) -> None:
     lo, best = s["logging_true_conversion"], s["best_known_true_conversion"]
     print("\n== per cycle: true conversion (simulator), served with exploration")
-    print(f"{'cycle':>5} {'steps':>6} {'decision':<24} {'candidate':>9} {'champion':>9} {'logging':>8} {'best':>7}")
+    print("(version: the promoted step as served, or the full candidate the gate held)")
+    print(f"{'cycle':>5} {'steps':>6} {'decision':<24} {'version':>9} {'champion':>9} {'logging':>8} {'best':>7}")
     for i, c in enumerate(s["cycles"], 1):
         dec = (c["decision"] or "-") + (f"@{c['promoted_step']:g}" if c.get("promoted_step") else "")
         if c["reasons"]:
