@@ -206,9 +206,10 @@ def run_cycle(
     if not np.isfinite(holdout.logging_log_density).all():
         behaviour_fit = evaluation_data(window, recent_train)
     # With no champion, shrunk steps move from the logger's mean: estimated on training rows (the importance
-    # weights still use the logged densities; the estimate only places the step).
+    # weights use the logged densities, or the gate's own behaviour model; this estimate only places the step,
+    # and is exported with it when one is promoted).
     logging_model = None
-    if champion is None and behaviour_fit is None and min(cfg.gate.shrinkage_steps) < 1.0:
+    if champion is None and min(cfg.gate.shrinkage_steps) < 1.0:
         k = len(recent_train)
         logging_model = DirichletBehaviourModel().fit(train.states[-k:], train.actions[-k:])
     decision: GateDecision = gate.evaluate(
@@ -258,11 +259,13 @@ def run_cycle(
         }
         if step is not None and step < 1.0:
             # What is served is the promoted step, not the full candidate (kept as candidate_policy.pt).
-            base = (
-                torch.jit.load(str(registry.path(champion, "policy.pt")), map_location="cpu")
-                if champion
-                else LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)  # type: ignore[union-attr,arg-type]
-            )
+            base: torch.nn.Module
+            if champion:
+                base = torch.jit.load(str(registry.path(champion, "policy.pt")), map_location="cpu")
+            else:
+                assert logging_model is not None and logging_model.coef is not None  # fitted: a step < 1 was tested
+                assert logging_model.mu is not None and logging_model.sd is not None
+                base = LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)
             export_shrunk_policy(base, d / "candidate_policy.pt", step, d / "policy.pt")
             files["policy.pt"] = d / "policy.pt"
             files["candidate_policy.pt"] = d / "candidate_policy.pt"

@@ -18,7 +18,7 @@ from common.config import RankrlConfig, load_config
 from common.schema import parse_event
 from common.simulator import RankingWorld
 from deploy.registry import ModelRegistry
-from deploy.serving import ServingPolicy
+from deploy.serving import ServingPolicy, load_policy_mean
 from streamer.writer import BufferWriter
 from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
 from trainer.daemon import Trainer
@@ -208,3 +208,30 @@ def test_daemon_cycle_metrics_and_serving(buffer_dir: Path, tmp_path: Path) -> N
     reg.promote("v0002", reason="serving reload", force=True)
     serving.act(np.ones(23, dtype=np.float32))
     assert serving.version == "v0002"
+
+
+def test_a_promoted_shrunk_step_is_what_serves(buffer_dir: Path, tmp_path: Path) -> None:
+    # A margin far below zero and loose diagnostics make the first step pass whatever was learnt: the test is
+    # about what gets registered and served, not about the decision.
+    loose = {"min_lift": -1.0, "min_ess": 1, "min_ess_fraction": 1e-6, "max_weight_share": 1.0,
+             "max_pareto_k": 100.0, "max_mean_weight_deviation": 100.0, "shrinkage_steps": "0.25"}  # fmt: skip
+    models = tmp_path / "models"
+    cfg = config(buffer_dir, models, gate=loose)
+    r = run_cycle(cfg, ModelRegistry(models))
+    reg = ModelRegistry(models)
+    assert r.promoted and reg.champion() == r.version
+    manifest = reg.manifest(r.version)
+    assert manifest["served"] == {"step": 0.25, "towards_from": "logging policy (estimated)"}
+    assert r.report["promoted_step"] == 0.25 and r.report["steps"][0]["step"] == 0.25
+    assert "serving the 0.25 step" in reg.history()[-1]["reason"]
+    # policy.pt serves the step; candidate_policy.pt is the full candidate; both verified by checksum
+    served = ServingPolicy.from_registry(models)
+    states = RankingWorld().contexts(200, np.random.default_rng(3)).states
+    full = load_policy_mean(reg.path(r.version, "candidate_policy.pt"))(states)
+    step = served.mean(states)
+    assert np.allclose(step.sum(axis=1), 1.0)
+    assert not np.allclose(step, full, atol=1e-3)
+    # the next cycle warm-starts from the full checkpoint and gates against the champion as served
+    r2 = run_cycle(config(buffer_dir, models, gate={**loose, "min_lift": 1.0}), ModelRegistry(models))
+    assert r2.parent == r.version and not r2.promoted
+    assert reg.champion() == r.version
