@@ -186,9 +186,15 @@ class _AuthFailureCapture(logging.Handler):
         if "SaslAuthenticationFailed" in msg or "Authentication failed" in msg:
             self.failure = msg
         elif self.sasl and "socket disconnected" in msg:
-            self.failure = (
-                "the broker closed the connection during the SASL login (wrong username, password or mechanism)"
-            )
+            self.failure = "the broker closed the connection during the SASL login"
+
+
+def _auth_failed(settings: KafkaSettings, detail: object) -> FatalSourceError:
+    """One message for a refused login, whether the broker answered with an error or dropped the connection."""
+    return FatalSourceError(
+        f"kafka authentication failed at {settings.bootstrap_servers} (user {settings.sasl_username!r}, "
+        f"mechanism {settings.sasl_mechanism}; wrong username, password or mechanism?): {detail}"
+    )
 
 
 def _auth_errors() -> tuple[type[BaseException], ...]:
@@ -257,11 +263,8 @@ class KafkaSource:
         except (KafkaError, *_auth_errors()) as e:
             # kafka-python retries a failed login with backoff until its bootstrap deadline, then reports only
             # a timeout: name the real cause, and let the supervisor's restart policy do any retrying.
-            if auth.failure:
-                raise FatalSourceError(
-                    f"kafka authentication failed at {settings.bootstrap_servers} "
-                    f"(user {settings.sasl_username!r}, mechanism {settings.sasl_mechanism}): {auth.failure}"
-                ) from None
+            if auth.failure or isinstance(e, _auth_errors()):
+                raise _auth_failed(settings, auth.failure or repr(e)) from None
             raise FatalSourceError(f"cannot connect to kafka at {settings.bootstrap_servers}: {e}") from None
         finally:
             logging.getLogger("kafka").removeHandler(auth)
@@ -315,7 +318,7 @@ class KafkaSource:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
             settled = self._settle_new_partitions()
         except _auth_errors() as e:
-            raise FatalSourceError(f"kafka authentication failed for {self.settings.bootstrap_servers}: {e}") from None
+            raise _auth_failed(self.settings, repr(e)) from None
         assigned = self.consumer.assignment()
         out: list[Record] = []
         for tp, msgs in batches.items():
