@@ -71,7 +71,8 @@ class WorldConfig:
     examination_decay: float = 1.0  # θ_k = k^-η
     duplicate_signal: tuple[int, int] | None = None  # (src, dst): φ_dst := φ_src, an exact-null construction
     # The logging policy's mean weights: softmax(logging_logits + z(s) W), W ~ N(0, logging_personalisation²).
-    # The default favours popularity signals and is a decent ranker; `HAND_TUNED` is a poorer one (the demo's).
+    # The default favours popularity signals and is a decent ranker (a worse logger does not leave more evaluable
+    # headroom at kappa 20: exploration, not the mean, dominates what is served).
     logging_logits: tuple[float, ...] = (1.0, 0.2, 0.3, 0.3, 0.2, 0.8, 0.2)
     logging_personalisation: float = 0.15
     reward: RewardConfig = field(default_factory=RewardConfig)
