@@ -34,13 +34,14 @@ class ServingPolicy:
         self.version: str | None = None
         self._policy: Any = None
         self.exploration = DirichletExploration()
-        self._reload()
+        self.refresh()
 
     @classmethod
     def from_registry(cls, root: str | Path, seed: int | None = None) -> ServingPolicy:
         return cls(ModelRegistry(root), seed)
 
-    def _reload(self) -> None:
+    def refresh(self) -> None:
+        """Load the champion if the pointer changed since the last call (`mean` and `act` call it themselves)."""
         path = self.registry.champion_path
         mtime = path.stat().st_mtime if path.exists() else None
         if mtime == self._mtime:
@@ -57,7 +58,7 @@ class ServingPolicy:
 
     def mean(self, states: np.ndarray) -> np.ndarray:
         """Mean weights for state vectors [n, 23] (or one [23])."""
-        self._reload()
+        self.refresh()
         return self._policy(np.atleast_2d(states))
 
     def act(self, state: np.ndarray) -> tuple[np.ndarray, float]:

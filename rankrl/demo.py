@@ -35,6 +35,7 @@ from common.buffer import BufferError, open_buffer
 from common.exploration import DirichletExploration
 from common.simulator import Policy, RankingWorld
 from deploy.registry import ModelRegistry
+from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.demo_options import DemoOptions
 
 log = logging.getLogger(__name__)
@@ -100,38 +101,37 @@ def _append_events(path: Path, events: list[dict[str, Any]]) -> None:
 
 
 class SearchEngine:
-    """Serves simulated searches with the current champion (reloaded when the pointer changes) or the logger."""
+    """Serves simulated searches with the current champion (deploy.serving, as production would) or the logger."""
 
     def __init__(self, world: RankingWorld, registry: ModelRegistry, kappa: float, seed: int) -> None:
         self.world = world
         self.registry = registry
         self.logging_exploration = DirichletExploration(kappa)
         self.seed = seed
-        self.version = "logging"
-        self._policy: Policy = world.logging_policy
-        self._exploration = self.logging_exploration
+        self.serving: ServingPolicy | None = None  # until the first promotion the logging policy serves
         self.served = 0
 
-    def _refresh(self) -> None:
-        champion = self.registry.champion()
-        if champion is None or champion == self.version:
-            return
-        from deploy.serving import load_policy_mean
-
-        self._policy = load_policy_mean(self.registry.path(champion, "policy.pt"))
-        ex = json.loads(self.registry.path(champion, "exploration.json").read_text())
-        self._exploration = DirichletExploration(ex["kappa"], ex["min_alpha"])
-        self.version = champion
-        log.info("demo: the search engine now serves %s", champion)
+    @property
+    def version(self) -> str:
+        return "logging" if self.serving is None or self.serving.version is None else self.serving.version
 
     def serve(self, n: int, out: Path, start_time: float, interval_s: float) -> None:
-        self._refresh()
+        if self.serving is None and self.registry.champion() is not None:
+            self.serving = ServingPolicy(self.registry)
+        if self.serving is not None:
+            before = self.serving.version
+            self.serving.refresh()  # before reading version and exploration: one batch, one policy
+            if self.serving.version != before:
+                log.info("demo: the search engine now serves %s", self.serving.version)
+            policy, exploration = self.serving.mean, self.serving.exploration
+        else:
+            policy, exploration = self.world.logging_policy, self.logging_exploration
         self.seed += 1
         for _, _, _, events in self.world.simulate(
             n,
             self.seed,
-            policy=self._policy,
-            exploration=self._exploration,
+            policy=policy,
+            exploration=exploration,
             start_time=start_time,
             interval_s=interval_s,
             policy_version=self.version,
@@ -172,8 +172,6 @@ def _cycles(registry: ModelRegistry) -> list[dict[str, Any]]:
 
 def summarise(opts: DemoOptions, world: RankingWorld, started: float, served: int) -> dict[str, Any]:
     """The simulator's truth for every registered candidate, the logger and the best known policy."""
-    from deploy.serving import load_policy_mean
-
     registry = ModelRegistry(opts.dir / "models")
     ex = DirichletExploration(opts.kappa)
 
