@@ -201,23 +201,21 @@ def run_cycle(
     champion = registry.champion()
     # The champion as it is served (its policy.pt: a shrunk step is a mix, not its CQL checkpoint's action).
     champ_mean = load_policy_mean(registry.path(champion, "policy.pt")) if champion else None
-    recent_train = train_idx[-min(len(train_idx), 50_000) :]
-    behaviour_fit = None
-    if not np.isfinite(holdout.logging_log_density).all():
-        behaviour_fit = evaluation_data(window, recent_train)
-    # With no champion, shrunk steps move from the logger's mean: estimated on training rows (the importance
-    # weights use the logged densities, or the gate's own behaviour model; this estimate only places the step,
-    # and is exported with it when one is promoted).
+    # One behaviour model, fitted on the newest training rows (never the holdout), serves two purposes: the
+    # density of holdout rows logged without one, and, with no champion, the logger's mean that shrunk steps
+    # start from (exported with a promoted step).
+    densities_missing = not np.isfinite(holdout.logging_log_density).all()
+    steps_from_logger = champion is None and min(cfg.gate.shrinkage_steps) < 1.0
     logging_model = None
-    if champion is None and min(cfg.gate.shrinkage_steps) < 1.0:
-        k = len(recent_train)
+    if densities_missing or steps_from_logger:
+        k = min(len(train), 50_000)
         logging_model = DirichletBehaviourModel().fit(train.states[-k:], train.actions[-k:])
     decision: GateDecision = gate.evaluate(
         holdout,
         policy_mean(algo),
         champ_mean,
-        behaviour_fit=behaviour_fit,
-        logging_mean=None if logging_model is None else logging_model.mean,
+        behaviour_fit=logging_model if densities_missing else None,
+        logging_mean=logging_model.mean if steps_from_logger and logging_model is not None else None,
         seed=tc.seed,
     )
     report = decision.report

@@ -138,7 +138,7 @@ class PromotionGate:
 
     # ------------------------------------------------------------------------------------------ densities
     def _logging_density(
-        self, data: EvaluationData, behaviour_fit: EvaluationData | None
+        self, data: EvaluationData, behaviour_fit: EvaluationData | DirichletBehaviourModel | None
     ) -> tuple[EvaluationData, np.ndarray, str, DirichletBehaviourModel | None]:
         logp = np.asarray(data.logging_log_density, dtype=np.float64)
         missing = ~np.isfinite(logp)
@@ -149,7 +149,11 @@ class PromotionGate:
             cut = int(0.3 * len(data))
             behaviour_fit, data = data.take(slice(0, cut)), data.take(slice(cut, None))
             logp, missing = logp[cut:], missing[cut:]
-        model = DirichletBehaviourModel().fit(behaviour_fit.states, behaviour_fit.actions)
+        model = (
+            behaviour_fit
+            if isinstance(behaviour_fit, DirichletBehaviourModel)
+            else DirichletBehaviourModel().fit(behaviour_fit.states, behaviour_fit.actions)
+        )
         est = model.log_density(data.states, data.actions)
         logp = np.where(missing, est, logp)
         source = "estimated" if missing.all() else "logged+estimated"
@@ -195,14 +199,17 @@ class PromotionGate:
         candidate: MeanPolicy,
         champion: MeanPolicy | None = None,
         *,
-        behaviour_fit: EvaluationData | None = None,
+        behaviour_fit: EvaluationData | DirichletBehaviourModel | None = None,
         logging_mean: MeanPolicy | None = None,
         bootstrap: str = "always",
         cross_checks: bool = True,
         seed: int = 0,
     ) -> GateDecision:
         """Decide on `candidate` (a mean-weights function). `bootstrap="when_needed"` skips the bootstrap when
-        the t bound already fails (the decision cannot change): for long calibration sweeps."""
+        the t bound already fails (the decision cannot change): for long calibration sweeps.
+
+        `behaviour_fit` is used only for rows without a logged density: rows to fit the behaviour model on (never
+        the evaluated ones), or a model already fitted on such rows."""
         cfg = self.config
         rng = np.random.default_rng(seed)
         n_all = len(data)

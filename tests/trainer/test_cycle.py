@@ -235,3 +235,20 @@ def test_a_promoted_shrunk_step_is_what_serves(buffer_dir: Path, tmp_path: Path)
     r2 = run_cycle(config(buffer_dir, models, gate={**loose, "min_lift": 1.0}), ModelRegistry(models))
     assert r2.parent == r.version and not r2.promoted
     assert reg.champion() == r.version
+
+
+def test_logs_without_propensities_use_a_behaviour_model_fitted_on_training_rows(tmp_path: Path) -> None:
+    buf = tmp_path / "buffer"
+    w = BufferWriter(buf)
+    for _, _, _, events in RankingWorld().simulate(4000, seed=12, log_propensity=False):
+        for j, e in enumerate(events):
+            ev = parse_event(orjson.dumps(e))
+            assert ev.logging_log_density is None
+            w.append("file:sim", j, j + 1, ev, reward=1.0 if ev.converted else 0.0)
+    w.seal()
+    models = tmp_path / "models"
+    r = run_cycle(config(buf, models), ModelRegistry(models))
+    assert r.report["weights_source"] == "estimated"
+    # every holdout row is evaluated: the model was fitted on training rows, not on a slice of the holdout
+    assert r.report["evaluated_rows"] == r.report["holdout_rows"] == r.holdout_rows
+    assert not r.report["behaviour_model"]["deterministic"]
