@@ -217,6 +217,8 @@ def _from_validation_error(e: msgspec.ValidationError, raw: Any) -> InvalidEvent
 
 
 def _check_ranks(ranks: list[int], field: str, n: int, log_id: str) -> None:
+    if min(ranks) >= 1 and max(ranks) <= n:
+        return
     for i, r in enumerate(ranks):
         if r < 1 or r > n:
             raise InvalidEvent(
