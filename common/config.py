@@ -129,6 +129,9 @@ class StreamerConfig:
     retention_max_bytes: int = 20 * 2**30
     dedup_window_s: float = 3_600.0
     max_poll_records: int = 1000
+    # Processes that parse polled batches while the main thread polls the next (0 = parse inline). One is
+    # right for 2 cores: poll and parse each need a core (the GIL keeps one process at ~half the raw rate).
+    parse_workers: int = 1
     max_retry_s: float = 300.0  # disk or broker errors: retry with backoff this long, then exit non-zero
     group_id: str = "rankrl-streamer"
     # Static membership: a stable id per instance (e.g. the host name) lets a restart within the session timeout
@@ -153,6 +156,7 @@ class StreamerConfig:
         )
         _check(self.segment_max_rows >= 1, "streamer.segment_max_rows", "must be >= 1")
         _check(self.segment_max_age_s > 0, "streamer.segment_max_age_s", "must be > 0")
+        _check(self.parse_workers >= 0, "streamer.parse_workers", "must be >= 0 (0 parses in the main process)")
         _check(
             self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
             "streamer.security_protocol",

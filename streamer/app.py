@@ -1,11 +1,14 @@
 """The streamer daemon's loop: poll → parse → validate → reward → features → append; seal; commit.
 
-    poll (1 s) ──► parse_event ──ok──► compute_reward ──► writer.append (features into the open segment)
-                       │ InvalidEvent
-                       ▼
-                  dead letters (counted by reason; the stream never stops for one bad record)
+    poll (1 s) ──► parse worker: parse_event, compute_reward, features ──► columns + errors
+                                                                               │ (in poll order)
+                   writer.append_columns (dedup; the open segment) ◄──ok───────┤
+                   dead letters (counted by reason; the stream never stops) ◄──┘ InvalidEvent
 
     every seal (rows or age):  dead letters durable ──► segment + manifest durable ──► commit to Kafka
+
+Parsing runs in a worker process (`streamer/parsepool.py`) while this thread polls the next batch; everything
+with state — positions, order, dedup, dead letters, the writer — stays here.
 
 A disk or broker error while sealing pauses consumption, keeps the unsealed rows in memory and retries with
 backoff (still polling, so the consumer keeps its group membership); after `max_retry_s` the daemon exits
@@ -20,12 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 from kafka.errors import KafkaError
 
-from common.reward import RewardConfig, compute_reward
-from common.schema import InvalidEvent, parse_event
+from common.reward import RewardConfig
 from streamer.dlq import DeadLetters
+from streamer.encode import error_of
 from streamer.metrics import StreamerMetrics
+from streamer.parsepool import Batch, ParsePool
 from streamer.sources import Record, Source
 from streamer.writer import BufferWriter
 
@@ -46,6 +51,8 @@ class Streamer:
         reward_config: RewardConfig | None = None,
         max_retry_s: float = 300.0,
         stop_when_idle_s: float | None = None,
+        parse_workers: int = 1,
+        max_pending: int = 5000,
     ) -> None:
         self.writer = writer
         self.metrics = metrics
@@ -57,12 +64,17 @@ class Streamer:
         self.lock = threading.Lock()
         self.running = False
         self.paused = False
+        # Revocations so far, and each one's partitions: a batch polled before a revocation skips those.
+        self._revocations = 0
+        self._revoked: dict[int, set[str]] = {}
         self.source = source_factory(self)  # first: a bad address or bad credentials fail fast here
         try:
             self.dead_letters = dead_letters_factory()
         except Exception:
             self.source.close()
             raise
+        self.pool = ParsePool(parse_workers, self.reward_config)
+        self.max_pending = max_pending
 
     def stop(self) -> None:
         self.running = False
@@ -71,6 +83,8 @@ class Streamer:
         """Rebalance: forget unsealed rows of partitions this process no longer owns (called on the IO thread)."""
         with self.lock:
             dropped = self.writer.drop(keys)
+            self._revocations += 1
+            self._revoked[self._revocations] = set(keys)
         if dropped:
             log.info("streamer dropped unsealed rows=%d of revoked partitions=%s", dropped, sorted(keys))
 
@@ -78,44 +92,91 @@ class Streamer:
     def run(self) -> int:
         self.running = True
         idle_since = time.monotonic()
+        pool = self.pool
+        # Records polled while the worker was busy, and the revocation count before the first of their polls.
+        pending: list[Record] = []
+        pending_since = 0
         try:
             while self.running:
-                records = self.source.poll(1.0)
-                if records or not self.source.caught_up():
+                since = self._revocations  # before the poll: a revocation during it must not be missed
+                busy = bool(pending or pool.in_flight)
+                records = self.source.poll(0.0 if busy else 1.0)
+                if records:
+                    if not pending:
+                        pending_since = since
+                    pending.extend(records)
+                # Keep polling while the worker encodes; wait for it only with nothing new to read or enough
+                # records gathered for its next batch (an idle worker is fed at once).
+                done = None
+                if pool.in_flight and (not records or len(pending) >= self.max_pending or pool.ready()):
+                    done = pool.collect()
+                if pending and not pool.full():
+                    pool.submit(pending, pending_since)
+                    pending = []
+                if done is not None:
+                    self.apply(done)
+                if pool.workers == 0:
+                    self.drain()
+                if busy or records or not self.source.caught_up():
                     idle_since = time.monotonic()
-                    with self.metrics.batch_seconds.time(), self.lock:
-                        self.process(records)
                 if self.writer.should_seal():
                     self.checkpoint()
                 if self.stop_when_idle_s is not None and time.monotonic() - idle_since >= self.stop_when_idle_s:
                     log.info("streamer idle for %.0fs: stopping", self.stop_when_idle_s)
                     break
+            if pending:
+                self.drain()
+                self.pool.submit(pending, pending_since)
+            self.drain()
             self.checkpoint()
             return 0
         finally:
+            self.pool.close()
             self.dead_letters.close()
             self.source.close()
 
-    def process(self, records: list[Record]) -> None:
-        m = self.metrics
-        valid = []
-        rejected = 0
-        for r in records:
-            try:
-                ev = parse_event(r.value)
-            except InvalidEvent as e:
-                self.dead_letters.write(r, e)
-                self.writer.advance(r.key, r.next_position)
-                m.rejected.labels(reason=e.reason).inc()
-                rejected += 1
-                continue
-            valid.append((r.key, r.offset, r.next_position, ev, compute_reward(ev, self.reward_config)))
-        appended = self.writer.append_batch(valid)
+    def drain(self) -> None:
+        while self.pool.in_flight:
+            self.apply(self.pool.collect())
+
+    def apply(self, batch: Batch) -> None:
+        """Dead-letter the rejected records of an encoded batch and append the rest, in poll order."""
+        with self.metrics.batch_seconds.time(), self.lock:
+            self._apply(batch)
+
+    def _apply(self, batch: Batch) -> None:
+        m, records, enc = self.metrics, batch.records, batch.result
+        assert enc is not None
+        skip: set[str] = set()
+        for g, keys in self._revoked.items():
+            if g > batch.since:
+                skip |= keys
+        for entry in enc.errors:
+            r = records[entry[0]]
+            if r.key in skip:
+                continue  # revoked while in flight: the next owner reads it again
+            error = error_of(entry)
+            self.dead_letters.write(r, error)
+            self.writer.advance(r.key, r.next_position)
+            m.rejected.labels(reason=error.reason).inc()
+            m.dlq_writes.inc()
+        ok = [records[i] for i in enc.ok.tolist()]
+        cols = enc.columns
+        if skip:
+            keep = np.array([r.key not in skip for r in ok], dtype=bool)
+            ok = [r for r, k in zip(ok, keep, strict=True) if k]
+            cols = {name: col[keep] for name, col in cols.items()}
+        appended = self.writer.append_columns(
+            [r.key for r in ok], [r.offset for r in ok], [r.next_position for r in ok], cols
+        )
         m.consumed.inc(len(records))
         m.appended.inc(appended)
-        m.dlq_writes.inc(rejected)
-        m.duplicates.inc(len(valid) - appended)
+        m.duplicates.inc(len(ok) - appended)
         m.unsealed_rows.set(self.writer.unsealed_rows)
+        # Forget revocations no batch in flight predates.
+        oldest = min((b.since for b in self.pool.in_flight), default=self._revocations)
+        for g in [g for g in self._revoked if g <= oldest]:
+            del self._revoked[g]
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit; on disk or broker errors pause and retry."""

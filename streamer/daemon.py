@@ -84,6 +84,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         reward_config=cfg.reward,
         max_retry_s=s.max_retry_s,
         stop_when_idle_s=stop_when_idle_s,
+        parse_workers=s.parse_workers,
     )
 
 

@@ -65,7 +65,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
     rows_at_kill = []
     for _ in range(4):
         p = subprocess.Popen(stream_cmd(src, buf), stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.8, 3.0))  # python + imports take ~1.5 s; then it is mid-stream
+        time.sleep(rng.uniform(2.0, 4.0))  # python, imports and the parse worker take ~2 s; then mid-stream
         p.send_signal(signal.SIGKILL)
         p.wait()
         rows_at_kill.append(open_buffer(buf).stats()["rows"] if (buf / "manifest.json").exists() else 0)
