@@ -107,8 +107,8 @@ class LinearSoftmaxPolicy(torch.nn.Module):
 
 
 class ShrunkPolicy(torch.nn.Module):
-    """Mean weights `step` of the way from a base policy (the champion, or the logger) to a candidate, in
-    log-ratio space: softmax((1 - t) log b(s) + t log c(s)). The torch twin of trainer.gate.shrink_towards."""
+    """Mean weights `step` of the way from a base policy (the champion, or the logger) to a candidate:
+    (1 - t) b(s) + t c(s), both on the simplex. The torch twin of trainer.gate.shrink_towards."""
 
     def __init__(self, base: torch.nn.Module, candidate: torch.nn.Module, step: float) -> None:
         super().__init__()
@@ -123,9 +123,7 @@ class ShrunkPolicy(torch.nn.Module):
         return torch.where(s > 0, a / torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(a, 1.0 / 7.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = torch.log(torch.clamp(self._simplex(self.base(x)), min=1e-12))
-        c = torch.log(torch.clamp(self._simplex(self.candidate(x)), min=1e-12))
-        return torch.softmax((1.0 - self.step) * b + self.step * c, dim=-1)
+        return (1.0 - self.step) * self._simplex(self.base(x)) + self.step * self._simplex(self.candidate(x))
 
 
 def export_shrunk_policy(base: torch.nn.Module, candidate_path: Path, step: float, out: Path) -> None:

@@ -17,8 +17,8 @@ promote about half of the equally good candidates; the lower bound promotes them
 (bench/gate_calibration.py measures it in the simulator).
 
 Shrinkage: with `shrinkage_steps = (0.25, 0.5, 1.0)` the gate tests candidates moved that fraction of the way
-from the champion's mean towards the candidate's (in log-ratio space), smallest first, and stops at the first
-that fails: a fixed sequence, so the error rate stays at α without a correction. The default tests the full
+from the champion's mean towards the candidate's (a straight line on the simplex), smallest first, and stops at
+the first that fails: a fixed sequence, so the error rate stays at α without a correction. The default tests the full
 step only.
 """
 
@@ -108,13 +108,14 @@ class GateDecision:
 
 
 def shrink_towards(champion: np.ndarray, candidate: np.ndarray, t: float) -> np.ndarray:
-    """Mean weights t of the way from champion to candidate in log-ratio space (a geometric mix, renormalised)."""
-    lc = np.log(np.clip(champion, 1e-12, None))
-    lk = np.log(np.clip(candidate, 1e-12, None))
-    z = (1 - t) * lc + t * lk
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Mean weights t of the way from champion to candidate: (1 - t) champion + t candidate (both on the simplex).
+
+    A straight line in weight space keeps every linear invariant of the two means, e.g. the total weight of two
+    signals that rank alike, so a step of an equally good candidate is itself equally good (the calibration
+    benchmark's exact nulls stay exact for every step; a geometric mix did not keep them)."""
+    c = champion / champion.sum(axis=-1, keepdims=True)
+    k = candidate / candidate.sum(axis=-1, keepdims=True)
+    return (1.0 - t) * c + t * k
 
 
 class PromotionGate:
