@@ -9,10 +9,12 @@ the next call (a cheap stat of the pointer file) and loaded before it is swapped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +71,25 @@ class ServingPolicy:
         return a[0], float(logp[0])
 
 
+@contextlib.contextmanager
+def _torchscript_quiet() -> Iterator[None]:
+    """Recent torch warns on every `torch.jit` call that TorchScript is deprecated in favour of `torch.export`;
+    TorchScript is still the registry's format (a shrunk step scripts two networks into one), so the warning
+    is kept out of the operators' logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated", category=FutureWarning)
+        yield
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """A TorchScript file, on the CPU."""
+    with _torchscript_quiet():
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 def load_policy_mean(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """A registry's exported policy (TorchScript `policy.pt`) as mean weights: states [n, 23] -> weights [n, 7]."""
-    module = torch.jit.load(str(path), map_location="cpu")
+    module = load_torchscript(path)
     module.eval()
 
     def mean(states: np.ndarray) -> np.ndarray:
@@ -128,5 +146,6 @@ class ShrunkPolicy(torch.nn.Module):
 
 def export_shrunk_policy(base: torch.nn.Module, candidate_path: Path, step: float, out: Path) -> None:
     """Write the served policy of a shrunk step as TorchScript (what `policy.pt` holds for such a version)."""
-    candidate = torch.jit.load(str(candidate_path), map_location="cpu")
-    torch.jit.save(torch.jit.script(ShrunkPolicy(base, candidate, step)), str(out))
+    candidate = load_torchscript(candidate_path)
+    with _torchscript_quiet():
+        torch.jit.save(torch.jit.script(ShrunkPolicy(base, candidate, step)), str(out))

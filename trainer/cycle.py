@@ -31,7 +31,7 @@ from common.config import RankrlConfig
 from common.exploration import DirichletExploration, weights_from_actions
 from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
-from deploy.serving import LinearSoftmaxPolicy, export_shrunk_policy, load_policy_mean
+from deploy.serving import LinearSoftmaxPolicy, export_shrunk_policy, load_policy_mean, load_torchscript
 from trainer.data import ArraySampler, TrainingArrays
 from trainer.gate import EvaluationData, GateDecision, PromotionGate
 
@@ -259,7 +259,7 @@ def run_cycle(
             # What is served is the promoted step, not the full candidate (kept as candidate_policy.pt).
             base: torch.nn.Module
             if champion:
-                base = torch.jit.load(str(registry.path(champion, "policy.pt")), map_location="cpu")
+                base = load_torchscript(registry.path(champion, "policy.pt"))
             else:
                 assert logging_model is not None and logging_model.coef is not None  # fitted: a step < 1 was tested
                 assert logging_model.mu is not None and logging_model.sd is not None
