@@ -40,10 +40,6 @@ class EncodedBatch:
     columns: dict[str, np.ndarray]
     errors: list[tuple[int, str, str, str, str | None]] = field(default_factory=list)
 
-    @property
-    def rows(self) -> int:
-        return len(self.ok)
-
 
 def event_columns(events: Sequence[SearchLogEvent], rewards: Sequence[float]) -> dict[str, np.ndarray]:
     """The buffer columns of parsed events, built with one array conversion each (per-row numpy writes cost
