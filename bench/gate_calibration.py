@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import GateConfig
 from common.exploration import DirichletExploration
-from common.simulator import Contexts, Policy, RankingWorld, WorldConfig
+from rankrl.sim import Contexts, Policy, RankingWorld, WorldConfig, logged_holdout, null_move_policy, targeted_policy
 from trainer.gate import EvaluationData, PromotionGate
 
 
@@ -55,7 +55,7 @@ def replicate(
     ess = []
     for r in range(reps):
         ctx = pool.take(rng.integers(0, len(pool), n))
-        d = EvaluationData.from_arrays(world.logged_holdout(ctx, rng, exploration=gate.exploration))
+        d = EvaluationData.from_arrays(logged_holdout(world, ctx, rng, exploration=gate.exploration))
         # logging_mean places the shrunk steps (when the gate has any); the weights use the logged densities
         dec = gate.evaluate(
             d, policy, logging_mean=world.logging_policy, bootstrap="when_needed", cross_checks=False, seed=r
@@ -83,7 +83,7 @@ def solve_tilt(world: RankingWorld, ex: DirichletExploration, lift: float, base:
     """The tilt beta whose true relative lift is `lift` (bisection; common random numbers)."""
 
     def true_lift(beta: float) -> float:
-        return world.true_value(world.targeted_policy(beta), ex, n_contexts=60_000, seed=9).conversion / base - 1
+        return world.true_value(targeted_policy(world, beta), ex, n_contexts=60_000, seed=9).conversion / base - 1
 
     lo, hi = (0.0, 4.0) if lift > 0 else (-4.0, 0.0)
     for _ in range(14):  # the lift increases with the tilt
@@ -142,7 +142,7 @@ def calibration(
     )
     worst = 0.0
     for move in (float(m) for m in args.moves.split(",")):
-        r = replicate(null_world, pool, gate, null_world.null_move_policy(move), args.null_rows, args.replicates, rng)
+        r = replicate(null_world, pool, gate, null_move_policy(null_world, move), args.null_rows, args.replicates, rng)
         worst = max(worst, r["rate"])
         verdict = "ok" if r["cp_low"] <= alpha else "FAIL"
         print(
@@ -177,7 +177,7 @@ def power(
             null_world,
             null_world.contexts(100_000, rng),
             gate,
-            null_world.null_move_policy(0.05),
+            null_move_policy(null_world, 0.05),
             n,
             args.power_replicates,
             rng,
@@ -191,7 +191,7 @@ def power(
     for lift in lifts:
         beta, achieved = solve_tilt(world, ex, lift, base)
         cells = [
-            replicate(world, pool, gate, world.targeted_policy(beta), n, args.power_replicates, rng) for n in sizes
+            replicate(world, pool, gate, targeted_policy(world, beta), n, args.power_replicates, rng) for n in sizes
         ]
         print(
             f"| {achieved:+.1%} | {beta:+.2f} | "

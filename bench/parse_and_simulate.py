@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.features import extract_batch
 from common.reward import compute_reward
 from common.schema import parse_event
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, write_jsonl
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "e.jsonl"
         t0 = time.perf_counter()
-        n = RankingWorld().write_jsonl(str(path), args.events, seed=1)
+        n = write_jsonl(RankingWorld(), str(path), args.events, seed=1)
         sim = n / (time.perf_counter() - t0)
         lines = path.read_bytes().splitlines()
     size = sum(map(len, lines)) / len(lines)

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from common.buffer import open_buffer
 from common.config import load_config
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate
 from streamer.daemon import build_streamer
 from streamer.sources import KafkaSettings
 from tests.kafka_broker import kafka_broker
@@ -46,7 +46,7 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
     admin.close()
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024)
     i = 0
-    for _, _, _, events in RankingWorld().simulate(n, seed=1):
+    for _, _, _, events in simulate(RankingWorld(), n, seed=1):
         for e in events:
             p.send(topic, value=orjson.dumps(e), partition=i % partitions)
             i += 1

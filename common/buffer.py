@@ -54,7 +54,7 @@ COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 
 
-class BufferError(RuntimeError):
+class BufferFormatError(RuntimeError):
     """A buffer directory that cannot be read or written as expected."""
 
 
@@ -70,7 +70,7 @@ def write_segment(path: Path, columns: Mapping[str, np.ndarray], meta: dict[str,
     for name, (dtype, shape) in COLUMNS.items():
         arr = np.ascontiguousarray(columns[name], dtype=dtype)
         if arr.shape != (n, *shape):
-            raise BufferError(f"segment column {name}: shape {arr.shape}, expected {(n, *shape)}")
+            raise BufferFormatError(f"segment column {name}: shape {arr.shape}, expected {(n, *shape)}")
         raw = arr.tobytes()
         layout.append({"name": name, "dtype": dtype, "shape": [n, *shape], "offset": offset})
         blocks.append(raw + b"\0" * _pad(len(raw)))
@@ -95,11 +95,13 @@ def read_segment_header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         head = f.read(16)
         if head[:8] != MAGIC:
-            raise BufferError(f"{path}: not a rankrl segment")
+            raise BufferFormatError(f"{path}: not a rankrl segment")
         data_start = int.from_bytes(head[8:16], "little")
         header: dict[str, Any] = json.loads(f.read(data_start - 16))
     if header.get("format_version") != FORMAT_VERSION:
-        raise BufferError(f"{path}: segment format {header.get('format_version')}, this rankrl reads {FORMAT_VERSION}")
+        raise BufferFormatError(
+            f"{path}: segment format {header.get('format_version')}, this rankrl reads {FORMAT_VERSION}"
+        )
     header["data_start"] = data_start
     return header
 
@@ -137,7 +139,7 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         d = json.loads(data)
         if d.get("format_version") != FORMAT_VERSION:
-            raise BufferError(f"manifest format {d.get('format_version')}, this rankrl reads {FORMAT_VERSION}")
+            raise BufferFormatError(f"manifest format {d.get('format_version')}, this rankrl reads {FORMAT_VERSION}")
         return cls(segments=d["segments"], positions={k: int(v) for k, v in d["positions"].items()})
 
 
@@ -152,7 +154,7 @@ class BufferDir:
         if create:
             self.segments_dir.mkdir(parents=True, exist_ok=True)
         elif not self.manifest_path.exists() and not self.segments_dir.exists():
-            raise BufferError(f"{self.path} is not a rankrl buffer (no manifest.json): has the streamer run?")
+            raise BufferFormatError(f"{self.path} is not a rankrl buffer (no manifest.json): has the streamer run?")
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.lock_path)

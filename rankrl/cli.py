@@ -35,12 +35,13 @@ def _setup_logging(level: str, log_file: str | None = None) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Write simulated searches logged by the simulator's stochastic logging policy."""
     from common.exploration import DirichletExploration
-    from common.simulator import RankingWorld, WorldConfig
+    from rankrl.sim import RankingWorld, WorldConfig, personalised_policy, write_jsonl
 
     world = RankingWorld(WorldConfig(), world_seed=args.world_seed)
-    policy = world.personalised_policy if args.policy == "personalised" else None
+    policy = personalised_policy if args.policy == "personalised" else None
     t0 = time.perf_counter()
-    n = world.write_jsonl(
+    n = write_jsonl(
+        world,
         args.out,
         args.events,
         args.seed,
@@ -64,8 +65,8 @@ def _config(args: argparse.Namespace, extra: dict[str, dict[str, object]] | None
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run the streamer daemon until SIGTERM/SIGINT (or until idle with --stop-when-idle)."""
-    from streamer.app import StreamerStopped
     from streamer.daemon import run_streamer
+    from streamer.loop import StreamerStopped
     from streamer.sources import FatalSourceError
 
     cfg = _config(
@@ -130,7 +131,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Champion, last cycle and its decision, buffer rows and age."""
-    from common.buffer import BufferError, open_buffer
+    from common.buffer import BufferFormatError, open_buffer
 
     reg = _registry(args)
     cfg = _config(args, {"paths": {"buffer_dir": args.buffer}})
@@ -148,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"buffer:      {st['rows']} rows in {st['segments']} segments, {st['bytes'] / 2**20:.1f} MiB, "
             f"newest event {age} ago"
         )
-    except BufferError as e:
+    except BufferFormatError as e:
         print(f"buffer:      {e}")
     return 0
 
@@ -195,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """The original train.py: train CQL once from a JSONL file and evaluate it on a test split."""
-    from trainer.batch import BadLogLine, FitOptions, fit
+    from trainer.fit import BadLogLine, FitOptions, fit
 
     model = {
         "batch_size": args.batch_size,

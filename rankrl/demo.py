@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from common.buffer import BufferError, open_buffer
+from common.buffer import BufferFormatError, open_buffer
 from common.exploration import DirichletExploration
-from common.simulator import Policy, RankingWorld
 from deploy.registry import ModelRegistry
 from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.demo_options import DemoOptions
+from rankrl.sim import Policy, RankingWorld, personalised_policy, simulate, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Children:
 def _buffer_rows(path: Path) -> int:
     try:
         return int(open_buffer(path).stats()["rows"])
-    except (BufferError, FileNotFoundError):
+    except (BufferFormatError, FileNotFoundError):
         return 0
 
 
@@ -127,7 +127,8 @@ class SearchEngine:
         else:
             policy, exploration = self.world.logging_policy, self.logging_exploration
         self.seed += 1
-        for _, _, _, events in self.world.simulate(
+        for _, _, _, events in simulate(
+            self.world,
             n,
             self.seed,
             policy=policy,
@@ -180,7 +181,7 @@ def summarise(opts: DemoOptions, world: RankingWorld, started: float, served: in
         return world.true_value(policy, ex, n_contexts=opts.truth_contexts, seed=opts.seed + 999).conversion
 
     logging_true = truth(world.logging_policy)
-    best_true = truth(world.personalised_policy)
+    best_true = truth(personalised_policy)
     cycles = _cycles(registry)
     champion = None
     for c in cycles:
@@ -332,7 +333,8 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
     say(f"== 1/3 {opts.history:,} searches of history from the logging policy (κ={opts.kappa:g})")
     interval = 0.05
     start = time.time() - opts.history * interval
-    world.write_jsonl(
+    write_jsonl(
+        world,
         str(events),
         opts.history,
         opts.seed,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from common.simulator import RankingWorld
+    from rankrl.sim import RankingWorld
 
 
 @dataclass
@@ -29,6 +29,6 @@ class DemoOptions:
     extra_set: list[str] = field(default_factory=list)  # more --set flags for both children
 
     def world(self) -> RankingWorld:
-        from common.simulator import RankingWorld, WorldConfig
+        from rankrl.sim import RankingWorld, WorldConfig
 
         return RankingWorld(WorldConfig(n_candidates=self.n_candidates))

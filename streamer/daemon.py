@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.config import RankrlConfig, describe, resolve_secret
-from streamer.app import Streamer
+from common.signals import install_stop_handlers
 from streamer.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
+from streamer.loop import Streamer
 from streamer.metrics import StreamerMetrics
 from streamer.sources import FatalSourceError, FileSource, KafkaSettings, KafkaSource, Source
 from streamer.writer import BufferWriter
@@ -88,18 +86,6 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
     )
 
 
-def install_signal_handlers(stop: Any) -> None:
-    """SIGTERM/SIGINT call stop(); a second Ctrl+C falls back to the default interrupt."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal=%s: stopping (seal, commit, close)", signal.Signals(signum).name)
-        stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> int:
     for line in describe(cfg):
         if line.startswith(("streamer.", "paths.", "reward.")):
@@ -109,6 +95,6 @@ def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> in
         start_http_server(cfg.streamer.metrics_port, addr=cfg.streamer.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", cfg.streamer.metrics_host, cfg.streamer.metrics_port)
     streamer = build_streamer(cfg, registry, stop_when_idle_s)
-    install_signal_handlers(streamer.stop)
+    install_stop_handlers(streamer.stop, "streamer (seal, commit, close)")
     log.info("streamer started source=%s buffer=%s", cfg.streamer.source, cfg.paths.buffer_dir)
     return streamer.run()

@@ -31,9 +31,10 @@ from common.config import RankrlConfig
 from common.exploration import DirichletExploration, weights_from_actions
 from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
-from deploy.serving import LinearSoftmaxPolicy, export_shrunk_policy, load_policy_mean, load_torchscript
+from deploy.serving import load_policy_mean, load_torchscript
 from trainer.data import ArraySampler, TrainingArrays
 from trainer.gate import EvaluationData, GateDecision, PromotionGate
+from trainer.shrunk import LinearSoftmaxPolicy, export_shrunk_policy
 
 log = logging.getLogger(__name__)
 

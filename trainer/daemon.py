@@ -15,8 +15,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, start_http_server
 
-from common.buffer import BufferError
+from common.buffer import BufferFormatError
 from common.config import RankrlConfig, describe
+from common.signals import install_stop_handlers
 from deploy.registry import ModelRegistry
 from trainer.cycle import CycleInterrupted, CycleResult, NotEnoughData, run_cycle
 from trainer.metrics import RegistryCollector, TrainerMetrics
@@ -47,7 +48,7 @@ class Trainer:
             m.cycles.labels(outcome="interrupted").inc()
             log.warning("trainer cycle interrupted: %s", e)
             return None
-        except (NotEnoughData, BufferError) as e:
+        except (NotEnoughData, BufferFormatError) as e:
             m.cycles.labels(outcome="skipped").inc()
             log.warning("trainer cycle skipped: %s", e)
             return None
@@ -92,9 +93,8 @@ def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = 
     if cfg.trainer.metrics_port:
         start_http_server(cfg.trainer.metrics_port, addr=cfg.trainer.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", cfg.trainer.metrics_host, cfg.trainer.metrics_port)
-    from streamer.daemon import install_signal_handlers
 
-    install_signal_handlers(trainer.stop)
+    install_stop_handlers(trainer.stop, "trainer (between epochs; nothing half-trained is registered)")
     tc = cfg.trainer
     trigger = CronTrigger.from_crontab(tc.cron) if tc.cron else IntervalTrigger(minutes=tc.interval_minutes)
     sched = BackgroundScheduler()

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from common.business import business_metrics
 from common.config import GateConfig
 from common.exploration import DirichletExploration
 from common.ope import (
@@ -42,6 +41,7 @@ from common.ope import (
     paired_difference,
     weight_diagnostics,
 )
+from trainer.business import business_metrics
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ import numpy as np
 import orjson
 import pytest
 
-from common.buffer import BufferDir, BufferError, open_buffer, read_segment_header, write_segment
+from common.buffer import BufferDir, BufferFormatError, open_buffer, read_segment_header, write_segment
 from common.schema import parse_event
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate
 from streamer.writer import BufferWriter, log_id_hash
 
 
 def events(n: int, seed: int = 0, start: float = 1.8e9) -> list:
-    _, _, _, evs = next(RankingWorld().simulate(n, seed=seed, start_time=start, interval_s=1.0))
+    _, _, _, evs = next(simulate(RankingWorld(), n, seed=seed, start_time=start, interval_s=1.0))
     return [parse_event(orjson.dumps(e)) for e in evs]
 
 
@@ -131,5 +131,5 @@ def test_retention_by_size_and_age(tmp_path: Path) -> None:
 
 
 def test_not_a_buffer(tmp_path: Path) -> None:
-    with pytest.raises(BufferError, match="not a rankrl buffer"):
+    with pytest.raises(BufferFormatError, match="not a rankrl buffer"):
         open_buffer(tmp_path / "nothing").load()

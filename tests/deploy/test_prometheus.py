@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus"
@@ -61,7 +61,7 @@ def test_alert_rules_check_and_unit_tests() -> None:
 
 def test_daemons_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
-    RankingWorld().write_jsonl(str(events), 500, seed=1)
+    write_jsonl(RankingWorld(), str(events), 500, seed=1)
     sp, tp, pp = free_port(), free_port(), free_port()
     common = ["--set", f"paths.buffer_dir={tmp_path / 'buffer'}", "--set", f"paths.registry_dir={tmp_path / 'models'}"]
     procs = [

@@ -7,7 +7,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from common.schema import parse_event
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate
 from tests.conftest import create_topic
 from tests.kafka_broker import KafkaBroker
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kafka
 def test_produce_and_consume_simulated_events(kafka: KafkaBroker) -> None:
     topic = kafka.topic("smoke")
     create_topic(kafka, topic, partitions=3)
-    _, _, _, events = next(RankingWorld().simulate(1000, seed=1))
+    _, _, _, events = next(simulate(RankingWorld(), 1000, seed=1))
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5)
     for e in events:
         producer.send(topic, key=e["log_id"].encode(), value=orjson.dumps(e))

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from common.buffer import open_buffer
 from common.config import RankrlConfig, load_config
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate
 from streamer.daemon import build_streamer
 from streamer.writer import log_id_hash
 from tests.conftest import create_topic
@@ -35,7 +35,7 @@ MALFORMED = [
 
 
 def simulated(n: int, seed: int) -> list[bytes]:
-    return [orjson.dumps(e) for _, _, _, evs in RankingWorld().simulate(n, seed=seed) for e in evs]
+    return [orjson.dumps(e) for _, _, _, evs in simulate(RankingWorld(), n, seed=seed) for e in evs]
 
 
 def with_bad(values: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:

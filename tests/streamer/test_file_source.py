@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from common.buffer import open_buffer
 from common.config import RankrlConfig, load_config
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate, write_jsonl
 from streamer.daemon import build_streamer
 from streamer.writer import log_id_hash
 
@@ -49,7 +49,7 @@ def stored_hashes(buf: Path) -> list[int]:
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
     """Lines arrive at ~2,500/s while the streamer is SIGKILLed 4 times at random moments, then restarted."""
     src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"
-    lines = [orjson.dumps(e) + b"\n" for _, _, _, evs in RankingWorld().simulate(20_000, seed=4) for e in evs]
+    lines = [orjson.dumps(e) + b"\n" for _, _, _, evs in simulate(RankingWorld(), 20_000, seed=4) for e in evs]
     src.write_bytes(b"")
 
     def produce() -> None:
@@ -100,21 +100,21 @@ def test_follows_appended_lines_and_a_folder(tmp_path: Path) -> None:
     folder, buf = tmp_path / "in", tmp_path / "buffer"
     folder.mkdir()
     world = RankingWorld()
-    world.write_jsonl(str(folder / "a.jsonl"), 300, seed=1)
+    write_jsonl(world, str(folder / "a.jsonl"), 300, seed=1)
     s = build_streamer(_config(folder, buf), CollectorRegistry())
     t = threading.Thread(target=s.run)
     t.start()
     try:
         wait_for(lambda: s.metrics.appended._value.get() == 300)
         # a torn line (no newline yet) is not consumed until it is complete
-        line = orjson.dumps(next(world.simulate(1, seed=9))[3][0])
+        line = orjson.dumps(next(simulate(world, 1, seed=9))[3][0])
         with open(folder / "a.jsonl", "ab") as f:
             f.write(line[:100])
             f.flush()
             time.sleep(1.0)
             assert s.metrics.appended._value.get() == 300
             f.write(line[100:] + b"\n")
-        world.write_jsonl(str(folder / "b.jsonl"), 200, seed=2)  # a new file in the folder
+        write_jsonl(world, str(folder / "b.jsonl"), 200, seed=2)  # a new file in the folder
         wait_for(lambda: s.metrics.appended._value.get() == 501)
     finally:
         s.stop()
@@ -125,7 +125,7 @@ def test_follows_appended_lines_and_a_folder(tmp_path: Path) -> None:
 def test_unwritable_buffer_pauses_without_committing_and_recovers(tmp_path: Path) -> None:
     src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"
     world = RankingWorld()
-    world.write_jsonl(str(src), 500, seed=1)
+    write_jsonl(world, str(src), 500, seed=1)
     s = build_streamer(_config(src, buf, max_retry_s=600.0), CollectorRegistry())
     t = threading.Thread(target=s.run)
     t.start()
@@ -137,7 +137,7 @@ def test_unwritable_buffer_pauses_without_committing_and_recovers(tmp_path: Path
         shutil.move(seg, tmp_path / "segments.saved")
         seg.write_bytes(b"")
         with open(src, "ab") as f:
-            for e in next(world.simulate(300, seed=2))[3]:
+            for e in next(simulate(world, 300, seed=2))[3]:
                 f.write(orjson.dumps(e) + b"\n")
         wait_for(lambda: s.metrics.errors.labels(kind="disk")._value.get() >= 2)
         assert s.metrics.paused._value.get() == 1

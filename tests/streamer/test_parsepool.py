@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from common.buffer import open_buffer
 from common.config import load_config
 from common.reward import RewardConfig
-from common.simulator import RankingWorld
+from rankrl.sim import RankingWorld, simulate
 from streamer.daemon import build_streamer
 from streamer.encode import encode
 from streamer.parsepool import ParsePool
@@ -28,7 +28,7 @@ BAD = [b"not json", b'{"log_id": "x"}', orjson.dumps({"log_id": 3})]
 
 
 def batch(n: int, seed: int, key: str = "kafka:t:0", first: int = 0) -> list[Record]:
-    values = [orjson.dumps(e) for _, _, _, evs in RankingWorld().simulate(n, seed=seed) for e in evs][:n]
+    values = [orjson.dumps(e) for _, _, _, evs in simulate(RankingWorld(), n, seed=seed) for e in evs][:n]
     values[5:5] = BAD  # bad records among good ones
     return [Record(key, first + i, first + i + 1, v) for i, v in enumerate(values)]
 

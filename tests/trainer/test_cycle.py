@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from common.config import RankrlConfig, load_config
 from common.schema import parse_event
-from common.simulator import RankingWorld
 from deploy.registry import ModelRegistry
 from deploy.serving import ServingPolicy, load_policy_mean
+from rankrl.sim import RankingWorld, simulate
 from streamer.writer import BufferWriter
 from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
 from trainer.daemon import Trainer
@@ -34,7 +34,7 @@ SMALL = {
 def buffer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("buffer")
     w = BufferWriter(path)
-    for i, (_, _, _, events) in enumerate(RankingWorld().simulate(6000, seed=11, batch=3000)):
+    for i, (_, _, _, events) in enumerate(simulate(RankingWorld(), 6000, seed=11, batch=3000)):
         for j, e in enumerate(events):
             ev = parse_event(orjson.dumps(e))
             w.append("file:sim", i * 3000 + j, i * 3000 + j + 1, ev, reward=1.0 if ev.converted else 0.0)
@@ -240,7 +240,7 @@ def test_a_promoted_shrunk_step_is_what_serves(buffer_dir: Path, tmp_path: Path)
 def test_logs_without_propensities_use_a_behaviour_model_fitted_on_training_rows(tmp_path: Path) -> None:
     buf = tmp_path / "buffer"
     w = BufferWriter(buf)
-    for _, _, _, events in RankingWorld().simulate(4000, seed=12, log_propensity=False):
+    for _, _, _, events in simulate(RankingWorld(), 4000, seed=12, log_propensity=False):
         for j, e in enumerate(events):
             ev = parse_event(orjson.dumps(e))
             assert ev.logging_log_density is None

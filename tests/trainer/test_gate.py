@@ -12,7 +12,7 @@ from scipy import stats
 from common.config import GateConfig
 from common.exploration import DirichletExploration
 from common.ope import estimate
-from common.simulator import RankingWorld, WorldConfig
+from rankrl.sim import RankingWorld, WorldConfig, logged_holdout, null_move_policy, targeted_policy
 from trainer.gate import EvaluationData, PromotionGate
 
 EX = DirichletExploration()
@@ -32,7 +32,7 @@ def null_world() -> RankingWorld:
 
 def holdout(world: RankingWorld, n: int, rng: np.random.Generator) -> EvaluationData:
     ctx = world.contexts(n, rng)
-    return EvaluationData.from_arrays(world.logged_holdout(ctx, rng))
+    return EvaluationData.from_arrays(logged_holdout(world, ctx, rng))
 
 
 def clopper_pearson_lower(k: int, n: int, level: float = 0.95) -> float:
@@ -42,7 +42,7 @@ def clopper_pearson_lower(k: int, n: int, level: float = 0.95) -> float:
 def test_snips_interval_covers_the_true_value(world: RankingWorld) -> None:
     """95% intervals of several policies cover the closed-form truth ~95% of the time (R=200 tells 95 from 80)."""
     rng = np.random.default_rng(10)
-    policies = {"logger": world.logging_policy, "b1": world.targeted_policy(1.0), "b-1": world.targeted_policy(-1.0)}
+    policies = {"logger": world.logging_policy, "b1": targeted_policy(world, 1.0), "b-1": targeted_policy(world, -1.0)}
     truth = {k: world.true_value(p, EX, n_contexts=200_000, seed=99).conversion for k, p in policies.items()}
     covered = {k: 0 for k in policies}
     reps = 200
@@ -73,10 +73,10 @@ def test_exact_null_is_calibrated_small(null_world: RankingWorld) -> None:
     rng = np.random.default_rng(1)
     pool = null_world.contexts(60_000, rng)
     reps, promoted = 150, 0
-    cand = null_world.null_move_policy(0.1)
+    cand = null_move_policy(null_world, 0.1)
     for r in range(reps):
         ctx = pool.take(rng.integers(0, len(pool), 5000))
-        d = EvaluationData.from_arrays(null_world.logged_holdout(ctx, rng))
+        d = EvaluationData.from_arrays(logged_holdout(null_world, ctx, rng))
         promoted += gate.evaluate(d, cand, bootstrap="when_needed", cross_checks=False, seed=r).promote
     assert clopper_pearson_lower(promoted, reps) <= 0.05, promoted
 
@@ -85,20 +85,20 @@ def test_clearly_better_candidate_is_promoted(world: RankingWorld) -> None:
     gate = PromotionGate(GateConfig(), EX)
     rng = np.random.default_rng(2)
     pool = world.contexts(100_000, rng)
-    cand = world.targeted_policy(1.0)  # ~ +5.6% true conversion, ESS/n ~ 0.36
+    cand = targeted_policy(world, 1.0)  # ~ +5.6% true conversion, ESS/n ~ 0.36
     promoted = 0
     for r in range(8):
-        d = EvaluationData.from_arrays(world.logged_holdout(pool.take(rng.integers(0, len(pool), 50_000)), rng))
+        d = EvaluationData.from_arrays(logged_holdout(world, pool.take(rng.integers(0, len(pool), 50_000)), rng))
         promoted += gate.evaluate(d, cand, bootstrap="when_needed", cross_checks=False, seed=r).promote
     assert promoted >= 6
-    worse = world.targeted_policy(-1.0)
-    d = EvaluationData.from_arrays(world.logged_holdout(pool.take(rng.integers(0, len(pool), 50_000)), rng))
+    worse = targeted_policy(world, -1.0)
+    d = EvaluationData.from_arrays(logged_holdout(world, pool.take(rng.integers(0, len(pool), 50_000)), rng))
     assert not gate.evaluate(d, worse, cross_checks=False).promote
 
 
 def test_report_carries_the_evidence(world: RankingWorld) -> None:
     d = holdout(world, 20_000, np.random.default_rng(3))
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, world.targeted_policy(1.0))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
     r = dec.report
     for key in ("business", "candidate", "champion", "candidate_weights", "difference", "checks", "rule", "decision"):
         assert key in r, key
@@ -113,13 +113,13 @@ def test_report_carries_the_evidence(world: RankingWorld) -> None:
 
 def test_small_holdout_holds(world: RankingWorld) -> None:
     d = holdout(world, 3000, np.random.default_rng(4))
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, world.targeted_policy(1.0))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
     assert "small_sample" in dec.reasons
 
 
 def test_far_candidate_holds_on_weights(world: RankingWorld) -> None:
     d = holdout(world, 20_000, np.random.default_rng(5))
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, world.targeted_policy(6.0))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 6.0))
     assert not dec.promote
     assert any(r.startswith("candidate_") for r in dec.reasons)
 
@@ -127,7 +127,7 @@ def test_far_candidate_holds_on_weights(world: RankingWorld) -> None:
 def test_mislabelled_densities_fail_the_mean_weight_check(world: RankingWorld) -> None:
     d = holdout(world, 20_000, np.random.default_rng(6))
     d.logging_log_density = np.random.default_rng(0).permutation(d.logging_log_density)
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, world.targeted_policy(0.5))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 0.5))
     assert not dec.promote
     assert "candidate_mean_weight" in dec.reasons or "candidate_max_weight_share" in dec.reasons
 
@@ -135,7 +135,7 @@ def test_mislabelled_densities_fail_the_mean_weight_check(world: RankingWorld) -
 def test_estimated_propensities_still_cover(world: RankingWorld) -> None:
     """Logs without propensity: a behaviour model fitted on separate rows; intervals still cover the truth."""
     rng = np.random.default_rng(7)
-    cand = world.targeted_policy(1.0)
+    cand = targeted_policy(world, 1.0)
     truth = world.true_value(cand, EX, n_contexts=200_000, seed=98).conversion
     gate = PromotionGate(SMALL, EX, bootstrap_samples=0)
     covered, reps = 0, 60
@@ -157,7 +157,7 @@ def test_deterministic_logger_holds_with_no_overlap(world: RankingWorld) -> None
     d = EvaluationData(
         ctx.states, actions, rng.random(len(conv)) < conv, np.zeros(len(conv)), np.full(len(conv), np.nan)
     )
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, world.targeted_policy(1.0))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
     assert not dec.promote
     assert dec.reasons[0] == "no_overlap"
     assert "deterministic" in dec.report["checks"][0]["detail"]
@@ -168,7 +168,7 @@ def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     rng = np.random.default_rng(9)
     d = holdout(world, 100_000, rng)
     gate = PromotionGate(GateConfig(), EX, shrinkage_steps=(0.25, 0.5, 1.0), bootstrap_samples=500)
-    dec = gate.evaluate(d, world.targeted_policy(4.0), logging_mean=world.logging_policy, cross_checks=False)
+    dec = gate.evaluate(d, targeted_policy(world, 4.0), logging_mean=world.logging_policy, cross_checks=False)
     steps = [s["step"] for s in dec.report["steps"]]
     assert steps[0] == 0.25  # smallest first
     assert dec.promote and dec.step in (0.25, 0.5), (steps, dec.reasons)

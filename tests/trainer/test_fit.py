@@ -12,14 +12,14 @@ import orjson
 import pytest
 
 from common.features import extract_state_vector
-from common.simulator import RankingWorld
-from trainer.batch import BadLogLine, CQLModel, evaluate_trained_model, load_logs
+from rankrl.sim import RankingWorld, write_jsonl
+from trainer.fit import BadLogLine, CQLModel, evaluate_trained_model, load_logs
 
 
 @pytest.fixture(scope="module")
 def logs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fit") / "logs.jsonl"
-    RankingWorld().write_jsonl(str(path), 2000, seed=5)
+    write_jsonl(RankingWorld(), str(path), 2000, seed=5)
     with open(path, "ab") as f:
         f.write(b"{not json\n")
         f.write(b'{"log_id": "x1", "created_at": "2026-01-01T00:00:00Z"}\n')

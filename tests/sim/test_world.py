@@ -9,7 +9,7 @@ import pytest
 from common.exploration import DirichletExploration
 from common.reward import compute_reward
 from common.schema import parse_event
-from common.simulator import RankingWorld, WorldConfig
+from rankrl.sim import RankingWorld, WorldConfig, personalised_policy, simulate
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def world() -> RankingWorld:
 def test_closed_form_matches_realised_events(world: RankingWorld) -> None:
     """Realised conversion and reward of 30k logged searches agree with the exact expectations (z < 4)."""
     conv_true, rew_true, conv_obs, rew_obs = [], [], [], []
-    for ctx, actions, logp, events in world.simulate(30_000, seed=3, batch=10_000):
+    for ctx, actions, logp, events in simulate(world, 30_000, seed=3, batch=10_000):
         c, r = world.expected_outcomes(ctx, actions)
         conv_true.append(c)
         rew_true.append(r)
@@ -48,7 +48,7 @@ def test_true_value_reports_its_error(world: RankingWorld) -> None:
 
 def test_best_weights_depend_on_the_user(world: RankingWorld) -> None:
     """The personalised policy beats every fixed weight vector tried, under common random numbers."""
-    pers = world.true_value(world.personalised_policy, None, n_contexts=20_000, seed=11).conversion
+    pers = world.true_value(personalised_policy, None, n_contexts=20_000, seed=11).conversion
     rng = np.random.default_rng(0)
     candidates = [rng.dirichlet(np.ones(7)) for _ in range(25)] + [np.full(7, 1 / 7)]
     best_fixed = max(
@@ -76,6 +76,6 @@ def test_duplicated_signal_is_an_exact_null() -> None:
 
 
 def test_deterministic_policy_logs_no_propensity(world: RankingWorld) -> None:
-    _, _, logp, events = next(world.simulate(50, seed=1, policy=world.personalised_policy, exploration=None))
+    _, _, logp, events = next(simulate(world, 50, seed=1, policy=personalised_policy, exploration=None))
     assert np.isnan(logp).all()
     assert all("log_propensity" not in e for e in events)

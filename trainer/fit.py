@@ -5,7 +5,7 @@
 
 Python API, as in the original pipeline:
 
-    from trainer.batch import load_logs, CQLModel, evaluate_trained_model
+    from trainer.fit import load_logs, CQLModel, evaluate_trained_model
     from common.features import extract_state_vector
     logs = load_logs("data/events.jsonl")
     model = CQLModel.load("models/cql_policy.d3")
@@ -27,13 +27,13 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from common.business import business_metrics
 from common.config import RankrlConfig
 from common.exploration import DirichletExploration, weights_from_actions
 from common.features import extract_batch
 from common.ope import estimate, paired_difference, weight_diagnostics
 from common.reward import compute_reward
 from common.schema import InvalidEvent, SearchLogEvent, parse_event
+from trainer.business import business_metrics
 from trainer.cycle import load_cql, new_cql, resolve_device
 from trainer.data import ArraySampler, TrainingArrays
 

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from common.ope import DirichletBehaviourModel
-from common.simulator import RankingWorld
-from deploy.serving import LinearSoftmaxPolicy, ShrunkPolicy, export_shrunk_policy, load_policy_mean
+from deploy.serving import load_policy_mean
+from rankrl.sim import RankingWorld, logged_holdout
 from trainer.gate import shrink_towards
+from trainer.shrunk import LinearSoftmaxPolicy, ShrunkPolicy, export_shrunk_policy
 
 
 class _Candidate(torch.nn.Module):
@@ -28,7 +29,7 @@ def test_logger_export_matches_the_behaviour_model() -> None:
     world = RankingWorld()
     rng = np.random.default_rng(0)
     ctx = world.contexts(4000, rng)
-    d = world.logged_holdout(ctx, rng)
+    d = logged_holdout(world, ctx, rng)
     model = DirichletBehaviourModel().fit(d["states"], d["actions"])
     assert model.mu is not None and model.sd is not None and model.coef is not None
     exported = LinearSoftmaxPolicy(model.mu, model.sd, model.coef)

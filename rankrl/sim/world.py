@@ -1,4 +1,4 @@
-"""A ranking world with known truth: contexts, a ranking from the seven weights, a position-based user model.
+"""The simulated world with known truth: contexts, a ranking from the seven weights, a position-based user model.
 
     context x ──► state vector s(x) (23 dims, what a policy sees)
       │           M candidates, each with 7 signal scores φ_j and a hidden utility u_j(user)
@@ -14,7 +14,7 @@ contexts and served actions (`true_value`, which reports its standard error). No
 
 The best weights depend on the user: luxury-polarised users want W_TRAIT (price-level fit), users with strong
 brand affinities want W_BRAND, hesitant users want W_MARKET_DEAL. So a learned state-dependent policy can beat
-any fixed weights (`tests/common/test_simulator.py` checks this).
+any fixed weights (`tests/sim/test_world.py` checks this).
 
 For calibration tests the world can duplicate a signal (`duplicate_signal=(5, 6)`: φ₆ ≡ φ₅): moving weight
 between the two copies changes the served action but not the ranking, an exact null.
@@ -22,18 +22,14 @@ between the two copies changes the served action but not the ranking, an exact n
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
-import orjson
 
 from common.exploration import DirichletExploration
 from common.features import STATE_DIM
 from common.reward import REVENUE_CAP, REVENUE_SCALE, RewardConfig
-from common.schema import ACTION_KEYS
 
 Policy = Callable[[np.ndarray], np.ndarray]  # state vectors [n, 23] -> mean weights [n, 7]
 
@@ -56,7 +52,7 @@ LEVELS = ("none", "click", "wishlist", "cart", "purchase")
 LEVEL_OFFSETS = np.array([0.0, 1.0, 2.6, 3.2, 3.6])  # P(level | examined) = softmax(0, u - offset[1:])
 
 
-def _gather(per_candidate: np.ndarray, shown: np.ndarray) -> np.ndarray:
+def gather(per_candidate: np.ndarray, shown: np.ndarray) -> np.ndarray:
     """Rows [n, M, L] of the shown candidates [n, K] -> [n, K, L]."""
     idx = np.broadcast_to(shown[..., None], (*shown.shape, per_candidate.shape[-1]))
     return np.take_along_axis(per_candidate, idx, axis=1)
@@ -247,7 +243,7 @@ class RankingWorld:
     def expected_outcomes(self, ctx: Contexts, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact expected conversion [n] and expected reward [n] of each context under its action."""
         shown = self.rank(ctx, actions)
-        q = _gather(ctx.level_probs, shown)  # [n, K, 5]
+        q = gather(ctx.level_probs, shown)  # [n, K, 5]
         theta = self.examination[None, :, None]
         p = theta * q  # P(level l at position k) for l >= 1
         p0 = 1.0 - self.examination[None, :] + p[..., 0]  # P(nothing at position k)
@@ -303,7 +299,7 @@ class RankingWorld:
             n=len(c),
         )
 
-    # ---------------------------------------------------------------- policies
+    # ---------------------------------------------------------------- the logging policy
     def standardise(self, states: np.ndarray) -> np.ndarray:
         return (np.asarray(states, dtype=np.float64) - self.state_mean) / self.state_std
 
@@ -314,61 +310,6 @@ class RankingWorld:
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
-    @staticmethod
-    def personalised_policy(states: np.ndarray) -> np.ndarray:
-        """A hand-made state-dependent policy that converts clearly better than the logger."""
-        s = np.asarray(states, dtype=np.float64)
-        lux, hes, top_brand = s[:, 0], s[:, 1], s[:, 4]
-        w = np.empty((len(s), 7))
-        w[:, 0] = 0.15
-        w[:, 1] = 0.05
-        w[:, 2] = 0.02 + 1.6 * np.abs(lux - 0.5)
-        w[:, 3] = 0.05 + 0.6 * top_brand
-        w[:, 4] = 0.05
-        w[:, 5] = 0.15
-        w[:, 6] = 0.01 + 0.08 * hes
-        return w / w.sum(axis=1, keepdims=True)
-
-    def null_move_policy(self, fraction: float) -> Policy:
-        """The logger with `fraction` of the duplicated signal's weight moved to its copy: an exact null.
-
-        Needs `duplicate_signal`: the served weights change (the importance weights are not 1) but the ranking,
-        hence every outcome, does not.
-        """
-        if self.config.duplicate_signal is None:
-            raise ValueError("null_move_policy needs a world with duplicate_signal set")
-        src, dst = self.config.duplicate_signal
-
-        def policy(states: np.ndarray) -> np.ndarray:
-            m = self.logging_policy(states).copy()
-            moved = fraction * m[:, src]
-            m[:, src] -= moved
-            m[:, dst] += moved
-            return m
-
-        return policy
-
-    def targeted_policy(self, beta: float) -> Policy:
-        """The logger tilted by `beta` towards what each user wants (price-level fit, brand, deals).
-
-        The cheapest way to buy lift with little movement from the logger: beta > 0 converts better,
-        beta < 0 worse, beta = 0 is the logger itself.
-        """
-
-        def policy(states: np.ndarray) -> np.ndarray:
-            s = np.asarray(states, dtype=np.float64)
-            g = np.zeros((len(s), 7))
-            g[:, 2] = 2.0 * np.abs(s[:, 0] - 0.5)
-            g[:, 3] = s[:, 4]
-            if self.config.duplicate_signal is None:
-                g[:, 6] = s[:, 1] / 4.0
-            z = np.log(self.logging_policy(s)) + beta * g
-            z -= z.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(axis=1, keepdims=True)
-
-        return policy
-
     # ---------------------------------------------------------------- realised outcomes
     def sample_levels(
         self, ctx: Contexts, actions: np.ndarray, rng: np.random.Generator
@@ -376,174 +317,8 @@ class RankingWorld:
         """Shown candidates [n, K] and the realised level [n, K] at each position (0 none … 4 purchase)."""
         shown = self.rank(ctx, actions)
         n, k = shown.shape
-        q = _gather(ctx.level_probs, shown)
+        q = gather(ctx.level_probs, shown)
         examined = rng.random((n, k)) < self.examination[None, :]
         u = rng.random((n, k, 1))
         level = (u > np.cumsum(q, axis=-1)).sum(axis=-1)  # inverse-CDF draw of the level
         return shown, np.minimum(level, 4) * examined
-
-    def logged_holdout(
-        self,
-        ctx: Contexts,
-        rng: np.random.Generator,
-        policy: Policy | None = None,
-        exploration: DirichletExploration | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Logged rows for these contexts without going through JSON (fast, for sweeps and tests).
-
-        Keys: states, actions, log_density, converted, reward, revenue, first_purchase_rank, and the exact
-        expected conversion of each row (`expected_conversion`), all computed as the events would carry them.
-        """
-        mean = (policy or self.logging_policy)(ctx.states)
-        actions, logp = (exploration or DirichletExploration()).sample(mean, rng)
-        shown, level = self.sample_levels(ctx, actions, rng)
-        cfg = self.config.reward
-        price = np.take_along_axis(ctx.prices, shown, axis=1)
-        bought = level == 4
-        deepest = level.max(axis=1)
-        pw = self.position_weights[None, :]
-        values = np.array([0.0, *(cfg.action_values[a] for a in ("click", "wishlist", "cart", "purchase"))])
-        purchase_reward = (
-            bought * pw * cfg.action_values["purchase"] * np.minimum(price / REVENUE_SCALE, REVENUE_CAP)
-        ).sum(1)
-        other_reward = ((level > 0) * pw).sum(axis=1) * values[deepest]
-        reward = np.where(
-            deepest == 4, purchase_reward, np.where(deepest == 0, cfg.no_interaction_penalty, other_reward)
-        )
-        first = np.where(bought.any(axis=1), bought.argmax(axis=1) + 1, 0)
-        conv_exp, _ = self.expected_outcomes(ctx, actions)
-        return {
-            "states": ctx.states,
-            "actions": actions.astype(np.float32),
-            "log_density": logp,
-            "converted": bought.any(axis=1),
-            "reward": reward,
-            "revenue": (bought * price).sum(axis=1),
-            "first_purchase_rank": first,
-            "expected_conversion": conv_exp,
-        }
-
-    # ---------------------------------------------------------------- logged events
-    def simulate(
-        self,
-        n: int,
-        seed: int,
-        policy: Policy | None = None,
-        exploration: DirichletExploration | None = None,
-        start_time: float | None = None,
-        interval_s: float = 0.05,
-        policy_version: str = "logging",
-        log_propensity: bool = True,
-        batch: int = 10_000,
-    ) -> Iterator[tuple[Contexts, np.ndarray, np.ndarray, list[dict]]]:
-        """Yield batches of (contexts, served actions, log-densities, events in the seed schema).
-
-        `policy` defaults to the logging policy, served with `exploration` (default Dirichlet, kappa 100);
-        `exploration=None` with `policy` given serves the mean deterministically (no propensity logged).
-        """
-        rng = np.random.default_rng(seed)
-        pol = policy or self.logging_policy
-        # Logged traffic lies in the past: by default the last event is stamped now.
-        t0 = datetime.now(UTC).timestamp() - n * interval_s if start_time is None else start_time
-        i = 0
-        for start in range(0, n, batch):
-            ctx = self.contexts(min(batch, n - start), rng)
-            mean = pol(ctx.states)
-            if exploration is None and policy is not None:
-                actions, logp = mean, np.full(len(ctx), np.nan)
-            else:
-                actions, logp = (exploration or DirichletExploration()).sample(mean, rng)
-            events = self._events(
-                ctx, actions, logp if log_propensity else None, rng, t0, i, interval_s, policy_version
-            )
-            i += len(ctx)
-            yield ctx, actions, logp, events
-
-    def _events(
-        self,
-        ctx: Contexts,
-        actions: np.ndarray,
-        logp: np.ndarray | None,
-        rng: np.random.Generator,
-        t0: float,
-        i0: int,
-        interval_s: float,
-        policy_version: str,
-    ) -> list[dict]:
-        shown, level = self.sample_levels(ctx, actions, rng)
-        n = len(shown)
-        ids = rng.integers(0, 2**63, size=(n, 2))
-        events = []
-        for r in range(n):
-            deepest = int(level[r].max())
-            ua = LEVELS[deepest]
-            ranks = [int(j) + 1 for j in np.flatnonzero(level[r])]
-            pidx = shown[r]
-            prod_ids = [f"p{int(ctx.brands[r, j]):02d}{int(ctx.categories[r, j])}{int(j):03d}" for j in pidx]
-            meta = [
-                {
-                    "product_id": prod_ids[t],
-                    "price": round(float(ctx.prices[r, j]), 2),
-                    "category": CATEGORIES[int(ctx.categories[r, j])],
-                    "brand": BRANDS[int(ctx.brands[r, j])],
-                    "discounted": bool(ctx.discounted[r, j]),
-                }
-                for t, j in enumerate(pidx)
-            ]
-            purchased = [rk for rk in ranks if level[r, rk - 1] == 4]
-            st = ctx.states[r]
-            a_r, s_r = ctx.brand_affinity[r], ctx.category_spend[r]
-            ev: dict[str, object] = {
-                "log_id": str(uuid.UUID(int=(int(ids[r, 0]) << 64) | int(ids[r, 1]), version=4)),
-                "created_at": datetime.fromtimestamp(t0 + (i0 + r) * interval_s, UTC).isoformat(),
-                "session_id": f"s{int(ids[r, 0]) % 10**9:09d}",
-                "state": {
-                    "user_features": {
-                        "luxury_affinity": float(ctx.user[r, 0]),
-                        "hesitation_count": int(ctx.user[r, 1]),
-                        "purchase_count": int(ctx.user[r, 2]),
-                        "category_diversity": float(ctx.user[r, 3]),
-                        "brand_affinity": {BRANDS[j]: float(a_r[j]) for j in np.flatnonzero(a_r)},
-                        "avg_category_spend": {CATEGORIES[j]: float(s_r[j]) for j in np.flatnonzero(s_r)},
-                    },
-                    "candidate_features": {
-                        "count": int(st[12]),
-                        "price_mean": float(st[13]),
-                        "price_std": float(st[14]),
-                        "price_min": float(st[15]),
-                        "price_max": float(st[16]),
-                        "avg_desirability": float(st[17]),
-                        "discounted_count": int(st[18]),
-                    },
-                    "session_features": {
-                        "query_length": int(ctx.session[r, 0]),
-                        "query_has_brand": bool(ctx.session[r, 1]),
-                        "query_has_price_terms": bool(ctx.session[r, 2]),
-                        "previous_searches_count": int(ctx.session[r, 3]),
-                    },
-                },
-                "action": {key: float(actions[r, j]) for j, key in enumerate(ACTION_KEYS)},
-                "ranking": prod_ids,
-                "ranking_metadata": meta,
-                "outcomes": {
-                    "user_action": ua,
-                    "purchased_ranks": purchased,
-                    "purchased_total_value": round(float(sum(ctx.prices[r, pidx[rk - 1]] for rk in purchased)), 2),
-                    "interacted_ranks": ranks,
-                },
-                "reward": None,
-                "policy_version": policy_version,
-            }
-            if logp is not None and np.isfinite(logp[r]):
-                ev["log_propensity"] = float(logp[r])
-            events.append(ev)
-        return events
-
-    def write_jsonl(self, path: str, n: int, seed: int, **kwargs: object) -> int:
-        """Write n logged events to a JSONL file; returns the count."""
-        written = 0
-        with open(path, "wb") as f:
-            for _, _, _, events in self.simulate(n, seed, **kwargs):  # type: ignore[arg-type]
-                f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
-                written += len(events)
-        return written

@@ -1,0 +1,26 @@
+"""The simulator: a ranking world with known truth, its policies and its logged traffic.
+
+Used by the demo, the benchmarks and the tests, never by the daemons:
+
+    world.py     users, candidates, the ranking from seven weights, the position-based user model, true values
+    policies.py  a personalised policy, exact nulls (duplicated signal), tilts towards what users want
+    events.py    logged events in the exact schema (JSON) or as arrays, with the logging propensity
+"""
+
+from rankrl.sim.events import logged_holdout, simulate, write_jsonl
+from rankrl.sim.policies import null_move_policy, personalised_policy, targeted_policy
+from rankrl.sim.world import Contexts, Policy, RankingWorld, Value, WorldConfig
+
+__all__ = [
+    "Contexts",
+    "Policy",
+    "RankingWorld",
+    "Value",
+    "WorldConfig",
+    "logged_holdout",
+    "null_move_policy",
+    "personalised_policy",
+    "simulate",
+    "targeted_policy",
+    "write_jsonl",
+]

@@ -1,0 +1,185 @@
+"""Logged traffic of the simulated world: events in the exact schema (JSON) or logged rows as arrays (fast).
+
+`simulate` serves a policy with exploration, draws each search's outcome from the world's user model and writes
+the event as the search engine would log it, with its propensity; `logged_holdout` does the same straight into
+the arrays the gate evaluates (no JSON), for sweeps and tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+
+from common.exploration import DirichletExploration
+from common.reward import REVENUE_CAP, REVENUE_SCALE
+from common.schema import ACTION_KEYS
+from rankrl.sim.world import BRANDS, CATEGORIES, LEVELS, Contexts, Policy, RankingWorld
+
+
+def logged_holdout(
+    world: RankingWorld,
+    ctx: Contexts,
+    rng: np.random.Generator,
+    policy: Policy | None = None,
+    exploration: DirichletExploration | None = None,
+) -> dict[str, np.ndarray]:
+    """Logged rows for these contexts without going through JSON (fast, for sweeps and tests).
+
+    Keys: states, actions, log_density, converted, reward, revenue, first_purchase_rank, and the exact
+    expected conversion of each row (`expected_conversion`), all computed as the events would carry them.
+    """
+    mean = (policy or world.logging_policy)(ctx.states)
+    actions, logp = (exploration or DirichletExploration()).sample(mean, rng)
+    shown, level = world.sample_levels(ctx, actions, rng)
+    cfg = world.config.reward
+    price = np.take_along_axis(ctx.prices, shown, axis=1)
+    bought = level == 4
+    deepest = level.max(axis=1)
+    pw = world.position_weights[None, :]
+    values = np.array([0.0, *(cfg.action_values[a] for a in ("click", "wishlist", "cart", "purchase"))])
+    purchase_reward = (
+        bought * pw * cfg.action_values["purchase"] * np.minimum(price / REVENUE_SCALE, REVENUE_CAP)
+    ).sum(1)
+    other_reward = ((level > 0) * pw).sum(axis=1) * values[deepest]
+    reward = np.where(deepest == 4, purchase_reward, np.where(deepest == 0, cfg.no_interaction_penalty, other_reward))
+    first = np.where(bought.any(axis=1), bought.argmax(axis=1) + 1, 0)
+    conv_exp, _ = world.expected_outcomes(ctx, actions)
+    return {
+        "states": ctx.states,
+        "actions": actions.astype(np.float32),
+        "log_density": logp,
+        "converted": bought.any(axis=1),
+        "reward": reward,
+        "revenue": (bought * price).sum(axis=1),
+        "first_purchase_rank": first,
+        "expected_conversion": conv_exp,
+    }
+
+
+def simulate(
+    world: RankingWorld,
+    n: int,
+    seed: int,
+    policy: Policy | None = None,
+    exploration: DirichletExploration | None = None,
+    start_time: float | None = None,
+    interval_s: float = 0.05,
+    policy_version: str = "logging",
+    log_propensity: bool = True,
+    batch: int = 10_000,
+) -> Iterator[tuple[Contexts, np.ndarray, np.ndarray, list[dict]]]:
+    """Yield batches of (contexts, served actions, log-densities, events in the seed schema).
+
+    `policy` defaults to the logging policy, served with `exploration` (default Dirichlet, kappa 100);
+    `exploration=None` with `policy` given serves the mean deterministically (no propensity logged).
+    """
+    rng = np.random.default_rng(seed)
+    pol = policy or world.logging_policy
+    # Logged traffic lies in the past: by default the last event is stamped now.
+    t0 = datetime.now(UTC).timestamp() - n * interval_s if start_time is None else start_time
+    i = 0
+    for start in range(0, n, batch):
+        ctx = world.contexts(min(batch, n - start), rng)
+        mean = pol(ctx.states)
+        if exploration is None and policy is not None:
+            actions, logp = mean, np.full(len(ctx), np.nan)
+        else:
+            actions, logp = (exploration or DirichletExploration()).sample(mean, rng)
+        events = _events(world, ctx, actions, logp if log_propensity else None, rng, t0, i, interval_s, policy_version)
+        i += len(ctx)
+        yield ctx, actions, logp, events
+
+
+def _events(
+    world: RankingWorld,
+    ctx: Contexts,
+    actions: np.ndarray,
+    logp: np.ndarray | None,
+    rng: np.random.Generator,
+    t0: float,
+    i0: int,
+    interval_s: float,
+    policy_version: str,
+) -> list[dict]:
+    shown, level = world.sample_levels(ctx, actions, rng)
+    n = len(shown)
+    ids = rng.integers(0, 2**63, size=(n, 2))
+    events = []
+    for r in range(n):
+        deepest = int(level[r].max())
+        ua = LEVELS[deepest]
+        ranks = [int(j) + 1 for j in np.flatnonzero(level[r])]
+        pidx = shown[r]
+        prod_ids = [f"p{int(ctx.brands[r, j]):02d}{int(ctx.categories[r, j])}{int(j):03d}" for j in pidx]
+        meta = [
+            {
+                "product_id": prod_ids[t],
+                "price": round(float(ctx.prices[r, j]), 2),
+                "category": CATEGORIES[int(ctx.categories[r, j])],
+                "brand": BRANDS[int(ctx.brands[r, j])],
+                "discounted": bool(ctx.discounted[r, j]),
+            }
+            for t, j in enumerate(pidx)
+        ]
+        purchased = [rk for rk in ranks if level[r, rk - 1] == 4]
+        st = ctx.states[r]
+        a_r, s_r = ctx.brand_affinity[r], ctx.category_spend[r]
+        ev: dict[str, object] = {
+            "log_id": str(uuid.UUID(int=(int(ids[r, 0]) << 64) | int(ids[r, 1]), version=4)),
+            "created_at": datetime.fromtimestamp(t0 + (i0 + r) * interval_s, UTC).isoformat(),
+            "session_id": f"s{int(ids[r, 0]) % 10**9:09d}",
+            "state": {
+                "user_features": {
+                    "luxury_affinity": float(ctx.user[r, 0]),
+                    "hesitation_count": int(ctx.user[r, 1]),
+                    "purchase_count": int(ctx.user[r, 2]),
+                    "category_diversity": float(ctx.user[r, 3]),
+                    "brand_affinity": {BRANDS[j]: float(a_r[j]) for j in np.flatnonzero(a_r)},
+                    "avg_category_spend": {CATEGORIES[j]: float(s_r[j]) for j in np.flatnonzero(s_r)},
+                },
+                "candidate_features": {
+                    "count": int(st[12]),
+                    "price_mean": float(st[13]),
+                    "price_std": float(st[14]),
+                    "price_min": float(st[15]),
+                    "price_max": float(st[16]),
+                    "avg_desirability": float(st[17]),
+                    "discounted_count": int(st[18]),
+                },
+                "session_features": {
+                    "query_length": int(ctx.session[r, 0]),
+                    "query_has_brand": bool(ctx.session[r, 1]),
+                    "query_has_price_terms": bool(ctx.session[r, 2]),
+                    "previous_searches_count": int(ctx.session[r, 3]),
+                },
+            },
+            "action": {key: float(actions[r, j]) for j, key in enumerate(ACTION_KEYS)},
+            "ranking": prod_ids,
+            "ranking_metadata": meta,
+            "outcomes": {
+                "user_action": ua,
+                "purchased_ranks": purchased,
+                "purchased_total_value": round(float(sum(ctx.prices[r, pidx[rk - 1]] for rk in purchased)), 2),
+                "interacted_ranks": ranks,
+            },
+            "reward": None,
+            "policy_version": policy_version,
+        }
+        if logp is not None and np.isfinite(logp[r]):
+            ev["log_propensity"] = float(logp[r])
+        events.append(ev)
+    return events
+
+
+def write_jsonl(world: RankingWorld, path: str, n: int, seed: int, **kwargs: object) -> int:
+    """Write n logged events to a JSONL file; returns the count."""
+    written = 0
+    with open(path, "wb") as f:
+        for _, _, _, events in simulate(world, n, seed, **kwargs):  # type: ignore[arg-type]
+            f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
+            written += len(events)
+    return written
