@@ -133,6 +133,13 @@ class StreamerConfig:
     # right for 2 cores: poll and parse each need a core (the GIL keeps one process at ~half the raw rate).
     parse_workers: int = 1
     max_retry_s: float = 300.0  # disk or broker errors: retry with backoff this long, then exit non-zero
+    # Bounds on memory by bytes, not counts (one bad record can be megabytes):
+    max_record_bytes: int = 1 << 20  # a larger record is dead-lettered as too_large without being parsed
+    max_pending_bytes: int = 64 << 20  # polled records waiting for a parse worker; polling waits beyond it
+    dlq_flush_bytes: int = 16 << 20  # dead letters held in memory before they force a seal (and a flush)
+    dlq_max_value_bytes: int = 256 << 10  # a dead letter keeps at most this much of the record (the source has all)
+    dlq_file_max_bytes: int = 64 << 20  # file source: dlq.jsonl is rotated past this (after a seal)
+    dlq_file_keep: int = 10  # rotated dlq.jsonl.N files kept
     group_id: str = "rankrl-streamer"
     # Static membership: a stable id per instance (e.g. the host name) lets a restart within the session timeout
     # take its partitions back without a rebalance. Leave empty when instances come and go.
@@ -157,6 +164,9 @@ class StreamerConfig:
         _check(self.segment_max_rows >= 1, "streamer.segment_max_rows", "must be >= 1")
         _check(self.segment_max_age_s > 0, "streamer.segment_max_age_s", "must be > 0")
         _check(self.parse_workers >= 0, "streamer.parse_workers", "must be >= 0 (0 parses in the main process)")
+        for k in ("max_record_bytes", "max_pending_bytes", "dlq_flush_bytes", "dlq_max_value_bytes"):
+            _check(getattr(self, k) >= 1024, f"streamer.{k}", "must be >= 1024 bytes")
+        _check(self.dlq_file_keep >= 1, "streamer.dlq_file_keep", "must be >= 1")
         _check(
             self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
             "streamer.security_protocol",

@@ -144,10 +144,11 @@ def extract_action_vector(action: Mapping[str, Any] | Action | SearchLogEvent) -
         vec = np.array([float(a.get(k, 0.0)) for k in ACTION_KEYS], dtype=np.float64)
     if (vec < 0).any() or not np.isfinite(vec).all():
         raise ValueError(f"action weights must be finite and >= 0, got {vec.tolist()}")
-    total = vec.sum()
-    if total <= 0:
+    top = vec.max()
+    if top <= 0:
         raise ValueError("all seven action weights are zero: the ranking is undefined")
-    return (vec / total).astype(np.float32)
+    vec /= top  # before summing: seven weights of 1e308 would overflow the sum (only ratios matter)
+    return (vec / vec.sum()).astype(np.float32)
 
 
 def extract_batch(events: Sequence[SearchLogEvent]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +158,7 @@ def extract_batch(events: Sequence[SearchLogEvent]) -> tuple[np.ndarray, np.ndar
     for i, ev in enumerate(events):
         _fill_from_struct(states[i], ev.state, ev.ranking_metadata)
         actions[i] = ev.action.weights()
+    actions /= actions.max(axis=1, keepdims=True)  # first: a sum of huge weights would overflow
     actions /= actions.sum(axis=1, keepdims=True)
     return states, actions.astype(np.float32)
 

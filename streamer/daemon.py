@@ -58,7 +58,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
 
         def dead_letters() -> DeadLetters:
             try:
-                return KafkaDeadLetters(ks, s.group_id)
+                return KafkaDeadLetters(ks, s.group_id, max_value_bytes=s.dlq_max_value_bytes)
             except KafkaError as e:
                 raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
 
@@ -69,10 +69,22 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         path = Path(s.source[len("file://") :])
 
         def dead_letters() -> DeadLetters:
-            return FileDeadLetters(Path(cfg.paths.buffer_dir) / "dlq.jsonl")
+            return FileDeadLetters(
+                Path(cfg.paths.buffer_dir) / "dlq.jsonl",
+                writer.stored_positions(),
+                max_value_bytes=s.dlq_max_value_bytes,
+                file_max_bytes=s.dlq_file_max_bytes,
+                keep_files=s.dlq_file_keep,
+            )
 
         def source_factory(st: Streamer) -> Source:
-            return FileSource(path, writer.stored_positions(), follow=s.follow, max_records=s.max_poll_records)
+            return FileSource(
+                path,
+                writer.stored_positions(),
+                follow=s.follow,
+                max_records=s.max_poll_records,
+                max_record_bytes=s.max_record_bytes,
+            )
 
     return Streamer(
         source_factory,
@@ -83,6 +95,9 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         max_retry_s=s.max_retry_s,
         stop_when_idle_s=stop_when_idle_s,
         parse_workers=s.parse_workers,
+        max_pending_bytes=s.max_pending_bytes,
+        dlq_flush_bytes=s.dlq_flush_bytes,
+        max_record_bytes=s.max_record_bytes,
     )
 
 

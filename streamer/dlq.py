@@ -5,11 +5,16 @@ Kafka source -> the `<topic>.dlq` topic, raw value unchanged, context in headers
 dead-letter reporter names them); every send is confirmed before the source offset is committed.
 A crash between the dead letter and the seal can repeat that dead letter (at least once); the file sink
 drops such repeats on restart by position.
+
+Bounded by bytes: a dead letter keeps at most `max_value_bytes` of its record (the rest is still in the source,
+at the position it names), the pending ones report `pending_bytes` so that the loop seals before they pile up,
+and the file sink rotates `dlq.jsonl` after a seal once it passes `file_max_bytes`, keeping `keep_files` old ones.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from common.durable import fsync_dir
 from common.schema import InvalidEvent
 from streamer.sources import KafkaSettings, Record
 
@@ -26,6 +32,9 @@ log = logging.getLogger(__name__)
 class DeadLetters(Protocol):
     def write(self, record: Record, error: InvalidEvent) -> None: ...
     def flush(self) -> None: ...
+    def sealed(self, positions: dict[str, int]) -> None: ...
+    @property
+    def pending_bytes(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -41,58 +50,152 @@ def _context(record: Record, error: InvalidEvent) -> dict[str, Any]:
 
 
 class FileDeadLetters:
-    """Appends dead letters to a JSONL file; `flush` makes them durable."""
+    """Appends dead letters to a JSONL file; `flush` makes them durable.
 
-    def __init__(self, path: str | Path) -> None:
+    On open, a torn last line (a crash or a full disk mid-append) is cut off, so the next entry starts on its
+    own line; its record is re-read and dead-lettered again. Only entries at or past the stored positions are
+    remembered (those are the ones a restart can repeat), and `sealed` forgets them as positions advance.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        stored_positions: dict[str, int] | None = None,
+        max_value_bytes: int = 256 << 10,
+        file_max_bytes: int = 64 << 20,
+        keep_files: int = 10,
+    ) -> None:
         self.path = Path(path)
+        self.max_value_bytes = max_value_bytes
+        self.file_max_bytes = file_max_bytes
+        self.keep_files = keep_files
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._seen: set[tuple[str, int]] = set()
+        stored = stored_positions or {}
         if self.path.exists():
-            for line in self.path.read_bytes().splitlines():
-                try:
-                    d = orjson.loads(line)
-                    self._seen.add((d["source"], d["offset"]))
-                except (orjson.JSONDecodeError, KeyError):
-                    continue  # a torn last line from a crash: the record is written again
+            self._repair_torn_tail()
+            with open(self.path, "rb") as f:
+                for line in f:  # streamed: only the entries a restart can repeat are kept
+                    try:
+                        d = orjson.loads(line)
+                        if d["offset"] >= stored.get(d["source"], 0):
+                            self._seen.add((d["source"], d["offset"]))
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue
+
+    def _repair_torn_tail(self) -> None:
+        with open(self.path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            back = min(size, 1 << 20)
+            while True:
+                f.seek(size - back)
+                nl = f.read(back).rfind(b"\n")
+                if nl >= 0 or back == size:
+                    break
+                back = min(size, back * 2)
+            keep = size - back + nl + 1 if nl >= 0 else 0
+            f.truncate(keep)
+            os.fsync(f.fileno())
+        log.warning(
+            "dead letters %s: cut a torn last line (%d bytes); its record is dead-lettered again",
+            self.path,
+            size - keep,
+        )
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     def write(self, record: Record, error: InvalidEvent) -> None:
         if (record.key, record.offset) in self._seen:
             return
         entry = _context(record, error)
-        try:
-            entry["raw"] = record.value.decode("utf-8")
-        except UnicodeDecodeError:
-            entry["raw_base64"] = base64.b64encode(record.value).decode()
-        self._pending.append(orjson.dumps(entry) + b"\n")
+        value = record.value
+        if value is not None and len(value) > self.max_value_bytes:
+            entry["truncated_from_bytes"] = len(value)
+            value = value[: self.max_value_bytes]
+        if value is None:
+            entry["raw"] = None
+        else:
+            try:
+                entry["raw"] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                entry["raw_base64"] = base64.b64encode(value).decode()
+        line = orjson.dumps(entry) + b"\n"
+        self._pending.append(line)
+        self._pending_bytes += len(line)
         self._seen.add((record.key, record.offset))
 
     def flush(self) -> None:
         if not self._pending:
             return
         with open(self.path, "ab") as f:
-            f.write(b"".join(self._pending))
-            f.flush()
-            os.fsync(f.fileno())
-        self._pending = []
+            start = f.tell()
+            try:
+                f.write(b"".join(self._pending))
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                # A partial append (disk full) must not leave a torn line for the next entry to be glued onto.
+                with contextlib.suppress(OSError):  # else repaired on the next open
+                    f.truncate(start)
+                raise
+        self._pending, self._pending_bytes = [], 0
+
+    def sealed(self, positions: dict[str, int]) -> None:
+        """Positions are durable: forget entries below them, and rotate the file once it is large."""
+        if self._seen:
+            self._seen = {(k, o) for k, o in self._seen if o >= positions.get(k, 0)}
+        if self._pending or not self.path.exists() or self.path.stat().st_size < self.file_max_bytes:
+            return
+        for i in range(self.keep_files, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if i == self.keep_files:
+                older.unlink(missing_ok=True)
+            elif older.exists():
+                older.rename(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+        fsync_dir(self.path.parent)
+        log.info("dead letters rotated %s (keeping %d old files)", self.path, self.keep_files)
 
     def close(self) -> None:
         self.flush()
 
 
-class KafkaDeadLetters:
-    """Sends dead letters to `<topic>.dlq`; `flush` waits until the broker confirmed every one."""
+_SIZE_ERRORS = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidRecordError")
 
-    def __init__(self, settings: KafkaSettings, group_id: str) -> None:
+
+class KafkaDeadLetters:
+    """Sends dead letters to `<topic>.dlq`; `flush` waits until the broker confirmed every one.
+
+    A send that fails stays pending and is sent again on the next flush (the loop keeps the source offsets
+    uncommitted meanwhile); one the broker refuses for its size is sent again without its value, its headers
+    saying so, since the record itself is still in the source topic at the offset they name.
+    """
+
+    def __init__(self, settings: KafkaSettings, group_id: str, max_value_bytes: int = 256 << 10) -> None:
         from kafka import KafkaProducer
 
         self.topic = f"{settings.topic}.dlq"
         self.group_id = group_id
+        self.max_value_bytes = max_value_bytes
         self.producer = KafkaProducer(
             acks="all", linger_ms=5, bootstrap_timeout_ms=settings.bootstrap_timeout_ms, **settings.client_kwargs()
         )
-        self._futures: list[Any] = []
+        self._pending: list[list[Any]] = []  # [record, error, value sent, future or None]
+        self._pending_bytes = 0
 
-    def write(self, record: Record, error: InvalidEvent) -> None:
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def _headers(self, record: Record, error: InvalidEvent, value: bytes | None) -> list[tuple[str, bytes]]:
         headers = [
             ("dlq.original.topic", record.topic.encode()),
             ("dlq.original.partition", str(record.partition).encode()),
@@ -100,18 +203,60 @@ class KafkaDeadLetters:
             ("dlq.original.timestamp", str(record.timestamp_ms).encode()),
             ("dlq.consumer.group", self.group_id.encode()),
             ("dlq.error.reason", error.reason.encode()),
-            ("dlq.error.field", error.field.encode()),
-            ("dlq.error.message", str(error).encode()),
+            ("dlq.error.field", error.field.encode()[:1024]),
+            ("dlq.error.message", str(error).encode()[:4096]),
         ]
-        self._futures.append(self.producer.send(self.topic, key=record.key_bytes, value=record.value, headers=headers))
+        original = len(record.value or b"")
+        if (value is not None and len(value) < original) or (value is None and original):
+            headers.append(("dlq.original.truncated_from_bytes", str(original).encode()))
+        return headers
+
+    def _send(self, entry: list[Any]) -> None:
+        record, error, value = entry[0], entry[1], entry[2]
+        try:
+            entry[3] = self.producer.send(
+                self.topic, key=record.key_bytes, value=value, headers=self._headers(record, error, value)
+            )
+        except Exception as e:  # kafka-python checks the size before sending
+            if type(e).__name__ not in _SIZE_ERRORS or value is None:
+                raise
+            entry[2], entry[3] = None, None
+            self._send(entry)
+
+    def write(self, record: Record, error: InvalidEvent) -> None:
+        value = record.value
+        if value is not None and len(value) > self.max_value_bytes:
+            value = value[: self.max_value_bytes]
+        entry: list[Any] = [record, error, value, None]
+        self._send(entry)
+        self._pending.append(entry)
+        self._pending_bytes += len(value or b"")
 
     def flush(self) -> None:
-        if not self._futures:
+        if not self._pending:
             return
         self.producer.flush(timeout=30)
-        futures, self._futures = self._futures, []
-        for f in futures:
-            f.get(timeout=30)  # raises when the broker did not take it: the offset is then not committed
+        failed: list[list[Any]] = []
+        first_error: Exception | None = None
+        for entry in self._pending:
+            try:
+                entry[3].get(timeout=30)
+            except Exception as e:  # the broker did not take it: keep it, resend, commit nothing meanwhile
+                if type(e).__name__ in _SIZE_ERRORS and entry[2] is not None:
+                    entry[2] = None
+                else:
+                    first_error = first_error or e
+                self._send(entry)
+                failed.append(entry)
+        self._pending = failed
+        self._pending_bytes = sum(len(e[2] or b"") for e in failed)
+        if failed:
+            if first_error is not None:
+                raise first_error
+            self.flush()  # only size refusals: their value-less resends are confirmed now
+
+    def sealed(self, positions: dict[str, int]) -> None:
+        pass
 
     def close(self) -> None:
         self.flush()

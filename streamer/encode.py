@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.buffer import COLUMNS
-from common.features import state_tuple
+from common.features import STATE_FEATURE_NAMES, state_tuple
 from common.reward import RewardConfig, compute_reward
-from common.schema import InvalidEvent, SearchLogEvent, parse_event
+from common.schema import ACTION_KEYS, InvalidEvent, SearchLogEvent, parse_event
+
+DEFAULT_MAX_RECORD_BYTES = 1 << 20  # Kafka's default message size limit
 
 # Columns an encoded batch carries; the writer adds the rest (where each row came from).
 EVENT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("partition", "offset"))
@@ -49,6 +51,8 @@ def event_columns(events: Sequence[SearchLogEvent], rewards: Sequence[float]) ->
     if n == 0:
         return {name: np.empty((0, *COLUMNS[name][1]), dtype=dt[name]) for name in EVENT_COLUMNS}
     actions = np.array([e.action.weights() for e in events], dtype=np.float64)
+    # Scale by the largest weight before summing: seven weights of 1e308 would overflow the sum (only ratios matter).
+    actions /= actions.max(axis=1, keepdims=True)
     outcomes = [e.outcomes for e in events]
     bought = [o.user_action == "purchase" for o in outcomes]
     return {
@@ -71,7 +75,9 @@ def event_columns(events: Sequence[SearchLogEvent], rewards: Sequence[float]) ->
     }
 
 
-def encode(values: Sequence[bytes], reward_config: RewardConfig) -> EncodedBatch:
+def encode(
+    values: Sequence[bytes | None], reward_config: RewardConfig, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> EncodedBatch:
     """Parse and validate each raw value, compute its reward and features; never raises for a bad record.
 
     The cyclic garbage collector is off meanwhile: each event allocates a few tracked containers (its lists
@@ -81,18 +87,25 @@ def encode(values: Sequence[bytes], reward_config: RewardConfig) -> EncodedBatch
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _encode(values, reward_config)
+        return _encode(values, reward_config, max_record_bytes)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _encode(values: Sequence[bytes], reward_config: RewardConfig) -> EncodedBatch:
+def _encode(values: Sequence[bytes | None], reward_config: RewardConfig, max_record_bytes: int) -> EncodedBatch:
     events: list[SearchLogEvent] = []
     rewards: list[float] = []
     ok: list[int] = []
     errors: list[tuple[int, str, str, str, str | None]] = []
     for i, value in enumerate(values):
+        if value is None:
+            errors.append((i, "empty_record", "$", "record has no value (a Kafka tombstone)", None))
+            continue
+        if len(value) > max_record_bytes:
+            detail = f"record of {len(value):,} bytes or more is over streamer.max_record_bytes ({max_record_bytes:,})"
+            errors.append((i, "too_large", "$", detail, None))
+            continue
         try:
             ev = parse_event(value)
         except InvalidEvent as e:
@@ -101,7 +114,39 @@ def _encode(values: Sequence[bytes], reward_config: RewardConfig) -> EncodedBatc
         events.append(ev)
         rewards.append(compute_reward(ev, reward_config))
         ok.append(i)
-    return EncodedBatch(np.array(ok, dtype=np.int64), event_columns(events, rewards), errors)
+    columns = event_columns(events, rewards)
+    bad = _non_finite_rows(columns)
+    if bad:
+        # Validation bounds every stored number, so this is a guard: a row that is not finite is a dead letter,
+        # never a buffer row that turns every training cycle into NaN.
+        keep = np.ones(len(events), dtype=bool)
+        for row, name in bad.items():
+            keep[row] = False
+            errors.append((ok[row], "not_finite", name, "is not finite once stored as float32", events[row].log_id))
+        errors.sort()
+        ok = [i for i, k in zip(ok, keep.tolist(), strict=True) if k]
+        columns = {name: col[keep] for name, col in columns.items()}
+    return EncodedBatch(np.array(ok, dtype=np.int64), columns, errors)
+
+
+_COLUMN_FIELDS = {"state": STATE_FEATURE_NAMES, "action": ACTION_KEYS}
+
+
+def _non_finite_rows(columns: dict[str, np.ndarray]) -> dict[int, str]:
+    """Row -> the first column (and feature) holding a non-finite value, over the float columns."""
+    bad: dict[int, str] = {}
+    for name in ("state", "action", "reward", "revenue", "event_time"):
+        col = columns[name]
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(col)
+        if finite.all():
+            continue
+        for row in np.flatnonzero(~finite.reshape(len(col), -1).all(axis=1)).tolist():
+            where = name
+            if col.ndim == 2:
+                where = f"{name}.{_COLUMN_FIELDS[name][int(np.flatnonzero(~finite[row])[0])]}"
+            bad.setdefault(row, where)
+    return bad
 
 
 def error_of(entry: tuple[int, str, str, str, str | None]) -> InvalidEvent:

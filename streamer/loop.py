@@ -53,6 +53,9 @@ class Streamer:
         stop_when_idle_s: float | None = None,
         parse_workers: int = 1,
         max_pending: int = 5000,
+        max_pending_bytes: int = 64 << 20,
+        dlq_flush_bytes: int = 16 << 20,
+        max_record_bytes: int = 1 << 20,
     ) -> None:
         self.writer = writer
         self.metrics = metrics
@@ -73,8 +76,10 @@ class Streamer:
         except Exception:
             self.source.close()
             raise
-        self.pool = ParsePool(parse_workers, self.reward_config)
+        self.pool = ParsePool(parse_workers, self.reward_config, max_record_bytes)
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.dlq_flush_bytes = dlq_flush_bytes
 
     def stop(self) -> None:
         self.running = False
@@ -95,31 +100,34 @@ class Streamer:
         pool = self.pool
         # Records polled while the worker was busy, and the revocation count before the first of their polls.
         pending: list[Record] = []
+        pending_bytes = 0
         pending_since = 0
         try:
             while self.running:
                 since = self._revocations  # before the poll: a revocation during it must not be missed
                 busy = bool(pending or pool.in_flight)
-                records = self.source.poll(0.0 if busy else 1.0)
+                full = len(pending) >= self.max_pending or pending_bytes >= self.max_pending_bytes
+                records = [] if full else self.source.poll(0.0 if busy else 1.0)
                 if records:
                     if not pending:
                         pending_since = since
                     pending.extend(records)
+                    pending_bytes += sum(len(r.value or b"") for r in records)
                 # Keep polling while the worker encodes; wait for it only with nothing new to read or enough
-                # records gathered for its next batch (an idle worker is fed at once).
+                # records (or bytes) gathered for its next batch (an idle worker is fed at once).
                 done = None
-                if pool.in_flight and (not records or len(pending) >= self.max_pending or pool.ready()):
+                if pool.in_flight and (not records or full or pool.ready()):
                     done = pool.collect()
                 if pending and not pool.full():
                     pool.submit(pending, pending_since)
-                    pending = []
+                    pending, pending_bytes = [], 0
                 if done is not None:
                     self.apply(done)
                 if pool.workers == 0:
                     self.drain()
                 if busy or records or not self.source.caught_up():
                     idle_since = time.monotonic()
-                if self.writer.should_seal():
+                if self.writer.should_seal() or self.dead_letters.pending_bytes >= self.dlq_flush_bytes:
                     self.checkpoint()
                 if self.stop_when_idle_s is not None and time.monotonic() - idle_since >= self.stop_when_idle_s:
                     log.info("streamer idle for %.0fs: stopping", self.stop_when_idle_s)
@@ -202,6 +210,7 @@ class Streamer:
         self.metrics.sealed.inc(self.writer.segments_sealed - before[0])
         self.metrics.evicted.inc(self.writer.evicted_segments - before[1])
         if positions:
+            self.dead_letters.sealed(positions)
             if not self.source.commit(positions):
                 self.metrics.errors.labels(kind="commit").inc()
             self.metrics.last_commit.set(time.time())

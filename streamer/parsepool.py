@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from common.reward import RewardConfig
-from streamer.encode import EncodedBatch, encode
+from streamer.encode import DEFAULT_MAX_RECORD_BYTES, EncodedBatch, encode
 from streamer.sources import Record
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Batch:
     result: EncodedBatch | None = None
 
 
-def _serve(conn: Connection, reward_config: RewardConfig) -> None:
+def _serve(conn: Connection, reward_config: RewardConfig, max_record_bytes: int) -> None:
     """A worker's loop: a list of raw values in, an `EncodedBatch` (or an error text) out, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -64,7 +64,7 @@ def _serve(conn: Connection, reward_config: RewardConfig) -> None:
         if values is None:
             return
         try:
-            reply: Any = encode(values, reward_config)
+            reply: Any = encode(values, reward_config, max_record_bytes)
         except Exception:
             reply = traceback.format_exc()
         try:
@@ -78,17 +78,22 @@ class ParsePool:
 
     START_TIMEOUT_S = 60.0
 
-    def __init__(self, workers: int, reward_config: RewardConfig) -> None:
+    def __init__(
+        self, workers: int, reward_config: RewardConfig, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    ) -> None:
         if workers < 0:
             raise ValueError(f"streamer.parse_workers must be >= 0, got {workers}")
         self.reward_config = reward_config
+        self.max_record_bytes = max_record_bytes
         self._idle: list[Connection] = []
         self._procs: list[Any] = []
         self.in_flight: deque[Batch] = deque()
         ctx = mp.get_context("spawn")
         for i in range(workers):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_serve, args=(child, reward_config), name=f"rankrl-parse-{i}", daemon=True)
+            p = ctx.Process(
+                target=_serve, args=(child, reward_config, max_record_bytes), name=f"rankrl-parse-{i}", daemon=True
+            )
             p.start()
             child.close()  # only the worker holds its end: the worker sees EOF when we close or die
             self._procs.append(p)
@@ -116,7 +121,7 @@ class ParsePool:
         """Start encoding a batch (inline: encode it now). Call only when not `full()`."""
         batch = Batch(records, since)
         if self.workers == 0:
-            batch.result = encode([r.value for r in records], self.reward_config)
+            batch.result = encode([r.value for r in records], self.reward_config, self.max_record_bytes)
         else:
             batch.conn = self._idle.pop()
             try:

@@ -29,7 +29,7 @@ class Record:
     key: str  # source partition key: "kafka:<topic>:<partition>" or "file:<absolute path>"
     offset: int  # Kafka offset, or byte offset where the line starts
     next_position: int  # where to resume after this record
-    value: bytes
+    value: bytes | None  # None: a Kafka record without a value (a tombstone)
     topic: str = ""
     partition: int = 0
     timestamp_ms: int = -1
@@ -52,18 +52,30 @@ class FatalSourceError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ file
 class FileSource:
-    """JSONL lines from a file or a folder of *.jsonl files, followed like `tail -F` when `follow`."""
+    """JSONL lines from a file or a folder of *.jsonl files, followed like `tail -F` when `follow`.
+
+    A line longer than `max_record_bytes` is handed on as its first `max_record_bytes + 1` bytes (the parse step
+    dead-letters it as `too_large`) once its newline is found, and reading goes on after it: one huge line
+    neither stalls the source nor is held in memory whole. Blank lines are skipped (JSONL).
+    """
 
     CHUNK = 4 << 20
 
     def __init__(
-        self, path: str | Path, stored_positions: dict[str, int], follow: bool = True, max_records: int = 1000
+        self,
+        path: str | Path,
+        stored_positions: dict[str, int],
+        follow: bool = True,
+        max_records: int = 1000,
+        max_record_bytes: int = 1 << 20,
     ) -> None:
         self.path = Path(path).resolve()
         if not self.path.exists() and not follow:
             raise FatalSourceError(f"file source {self.path} does not exist")
         self.follow = follow
         self.max_records = max_records
+        self.max_record_bytes = max_record_bytes
+        self._warned_long: set[tuple[str, int]] = set()
         self._pos = {k: v for k, v in stored_positions.items() if k.startswith("file:")}
         self._paused = False
 
@@ -93,6 +105,12 @@ class FileSource:
             with open(f, "rb") as fh:
                 fh.seek(pos)
                 chunk = fh.read(min(self.CHUNK, size - pos))
+                if b"\n" not in chunk and size - pos > self.max_record_bytes:
+                    rec = self._long_line(fh, key, pos, chunk)
+                    if rec is not None:
+                        out.append(rec)
+                        self._pos[key] = rec.next_position
+                    continue
             start = 0
             while len(out) < self.max_records:
                 nl = chunk.find(b"\n", start)
@@ -108,6 +126,22 @@ class FileSource:
         if not out and timeout_s > 0:
             time.sleep(min(timeout_s, 0.2))
         return out
+
+    def _long_line(self, fh: Any, key: str, pos: int, head: bytes) -> Record | None:
+        """The record of a line longer than a chunk: its head, once its newline is found (None: not yet)."""
+        fh.seek(pos + len(head))
+        scanned = pos + len(head)
+        while block := fh.read(1 << 20):
+            nl = block.find(b"\n")
+            if nl >= 0:
+                end = scanned + nl + 1
+                log.warning("file source %s: line at byte %d is %d bytes long: dead-lettered", key, pos, end - pos)
+                return Record(key, pos, end, head[: self.max_record_bytes + 1])
+            scanned += len(block)
+        if (key, pos) not in self._warned_long:
+            self._warned_long.add((key, pos))
+            log.warning("file source %s: line at byte %d is over %d bytes with no newline yet", key, pos, scanned - pos)
+        return None
 
     def commit(self, positions: dict[str, int]) -> bool:
         return True  # the positions live in the buffer's manifest

@@ -7,6 +7,10 @@ does the streamer commit to Kafka.
 
 Duplicates are dropped twice over: by position (a partition's rows below its stored next position are never
 written again) and by log-id hash within `dedup_window_s` of event time (the same search sent twice).
+
+The dedup index costs 16 bytes a search: sealed rows' hashes live in a sorted uint64 array beside their event
+times (a batch is looked up with one `searchsorted`), only the open segment's in a dict. A Python dict of every
+hash in the window cost ~117 MB per million searches; this costs 16 MB (`tests/streamer/test_writer.py`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,10 @@ class BufferWriter:
         self._key_index: dict[str, int] = {}
         self._pending: dict[str, int] = {}  # key -> next position processed but not yet sealed
         self._opened_at: float | None = None
-        self._recent: dict[int, float] = {}  # log-id hash -> event time, for sealed and open rows
+        # Dedup index: sealed rows (sorted hashes, their event times) and the open segment's rows.
+        self._sealed_hashes = np.empty(0, dtype=np.uint64)
+        self._sealed_times = np.empty(0, dtype=np.float64)
+        self._open_hashes: dict[int, float] = {}
         self._load_recent(manifest)
         self.segments_sealed = 0
         self.evicted_segments = 0
@@ -75,13 +82,33 @@ class BufferWriter:
         if newest is None:
             return
         horizon = newest - self.dedup_window_s
+        hashes, times = [], []
         for s in m.segments:
             if s["rows"] and s["max_time"] >= horizon:
                 cols = map_segment(self.dir.segments_dir / s["name"])
                 keep = cols["event_time"] >= horizon
-                self._recent.update(
-                    zip(cols["log_id_hash"][keep].tolist(), cols["event_time"][keep].tolist(), strict=True)
-                )
+                hashes.append(np.asarray(cols["log_id_hash"][keep]))
+                times.append(np.asarray(cols["event_time"][keep]))
+        if hashes:
+            self._merge_sealed(np.concatenate(hashes), np.concatenate(times))
+
+    def _merge_sealed(self, hashes: np.ndarray, times: np.ndarray) -> None:
+        h = np.concatenate([self._sealed_hashes, hashes.astype(np.uint64)])
+        t = np.concatenate([self._sealed_times, times.astype(np.float64)])
+        order = np.argsort(h, kind="stable")
+        self._sealed_hashes, self._sealed_times = h[order], t[order]
+
+    def _in_sealed(self, hashes: np.ndarray) -> np.ndarray:
+        sh = self._sealed_hashes
+        if not len(sh):
+            return np.zeros(len(hashes), dtype=bool)
+        i = np.minimum(np.searchsorted(sh, hashes), len(sh) - 1)
+        return np.asarray(sh[i] == hashes)
+
+    @property
+    def dedup_index_bytes(self) -> int:
+        """Memory held by the dedup index (the dict of the open segment estimated at ~100 bytes an entry)."""
+        return int(self._sealed_hashes.nbytes + self._sealed_times.nbytes + 100 * len(self._open_hashes))
 
     @property
     def unsealed_rows(self) -> int:
@@ -115,12 +142,14 @@ class BufferWriter:
         """Store encoded rows (`streamer.encode`), row i from source `keys[i]` at `offsets[i]`; returns how many
         were new. Rows whose log id was seen within the dedup window (or earlier in these rows) only advance
         their partition's position."""
-        recent = self._recent
-        hashes = cols["log_id_hash"].tolist()
+        recent = self._open_hashes
+        hash_col = np.asarray(cols["log_id_hash"], dtype=np.uint64)
+        sealed = self._in_sealed(hash_col).tolist()
+        hashes = hash_col.tolist()
         times = cols["event_time"].tolist()
         fresh = []
         for i, (h, t) in enumerate(zip(hashes, times, strict=True)):
-            if h in recent:
+            if sealed[i] or h in recent:
                 continue
             recent[h] = t
             fresh.append(i)
@@ -156,7 +185,7 @@ class BufferWriter:
         keep = ~np.isin(self._cols["partition"][: self._n], drop_idx)
         dropped = int(self._n - keep.sum())
         for h in self._cols["log_id_hash"][: self._n][~keep].tolist():
-            self._recent.pop(h, None)
+            self._open_hashes.pop(h, None)
         for name in COLUMNS:
             self._cols[name][: int(keep.sum())] = self._cols[name][: self._n][keep]
         self._n = int(keep.sum())
@@ -211,6 +240,9 @@ class BufferWriter:
                 (self.dir.segments_dir / name).unlink(missing_ok=True)
         self.segments_sealed += 1 if n else 0
         self.evicted_segments += len(evicted)
+        if n:
+            self._merge_sealed(self._cols["log_id_hash"][:n], self._cols["event_time"][:n])
+        self._open_hashes = {}
         self._n = 0
         self._keys, self._key_index = [], {}
         self._pending = {}
@@ -238,8 +270,11 @@ class BufferWriter:
         return evicted
 
     def _prune_recent(self) -> None:
-        if not self._recent or len(self._recent) < 100_000:
+        """Forget sealed hashes older than the dedup window behind the newest event time. Validation caps event
+        times at the clock plus `MAX_FUTURE_S`, so one future-dated event cannot push the horizon past the data."""
+        if not len(self._sealed_times):
             return
-        newest = max(self._recent.values())
-        horizon = newest - self.dedup_window_s
-        self._recent = {h: t for h, t in self._recent.items() if t >= horizon}
+        horizon = float(self._sealed_times.max()) - self.dedup_window_s
+        keep = self._sealed_times >= horizon
+        if not keep.all():
+            self._sealed_hashes, self._sealed_times = self._sealed_hashes[keep], self._sealed_times[keep]

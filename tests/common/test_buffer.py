@@ -15,7 +15,10 @@ from rankrl.sim import RankingWorld, simulate
 from streamer.writer import BufferWriter, log_id_hash
 
 
-def events(n: int, seed: int = 0, start: float = 1.8e9) -> list:
+T0 = 1.7e9  # event times in the past: validation refuses times before 2000 or ahead of the clock
+
+
+def events(n: int, seed: int = 0, start: float = T0) -> list:
     _, _, _, evs = next(simulate(RankingWorld(), n, seed=seed, start_time=start, interval_s=1.0))
     return [parse_event(orjson.dumps(e)) for e in evs]
 
@@ -43,14 +46,14 @@ def test_roundtrip_is_memory_mapped(tmp_path: Path) -> None:
 
 def test_time_window(tmp_path: Path) -> None:
     w = BufferWriter(tmp_path)
-    fill(w, events(100, start=1000.0))  # event times 1000 .. 1099
+    fill(w, events(100, start=T0 + 1000.0))  # event times T0 + 1000 .. 1099
     w.seal()
-    fill(w, events(100, seed=1, start=2000.0), first_offset=100)
+    fill(w, events(100, seed=1, start=T0 + 2000.0), first_offset=100)
     w.seal()
     b = open_buffer(tmp_path)
-    assert b.load(start=1050.0, end=2010.0).rows == 50 + 10
-    assert b.load(window=500.0, end=2100.0).rows == 100
-    assert len(b.load(start=2000.0).segments) == 1
+    assert b.load(start=T0 + 1050.0, end=T0 + 2010.0).rows == 50 + 10
+    assert b.load(window=500.0, end=T0 + 2100.0).rows == 100
+    assert len(b.load(start=T0 + 2000.0).segments) == 1
 
 
 def test_duplicates_by_log_id_are_dropped_across_restarts(tmp_path: Path) -> None:
