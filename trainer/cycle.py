@@ -60,6 +60,7 @@ class CycleResult:
     losses: dict[str, float]
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
+    dropped_rows: int = 0  # non-finite rows left out of the window
 
 
 def resolve_device(name: str) -> str:
@@ -112,22 +113,23 @@ def load_cql(path: Path, device: str) -> Any:
 def train_steps(
     algo: Any, sampler: ArraySampler, steps: int, steps_per_epoch: int, stop: threading.Event | None
 ) -> dict[str, float]:
-    """`steps` gradient steps in epochs; raises CycleInterrupted between epochs when `stop` is set."""
+    """`steps` gradient steps in epochs; returns the last epoch's mean losses. Raises CycleInterrupted between
+    epochs when `stop` is set."""
     batch_size = algo.config.batch_size
-    sums: dict[str, float] = {}
+    losses: dict[str, float] = {}
     done = 0
     while done < steps:
         n = min(steps_per_epoch, steps - done)
-        sums = {}
+        sums: dict[str, float] = {}
         for _ in range(n):
             for k, v in algo.update(sampler.sample(batch_size)).items():
                 sums[k] = sums.get(k, 0.0) + v
         done += n
-        losses = {k: v / n for k, v in sums.items()}
+        losses = {k: v / n for k, v in sums.items()}  # the last epoch's mean, over the steps it really ran
         log.info("trainer epoch steps=%d/%d %s", done, steps, " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
         if stop is not None and stop.is_set() and done < steps:
             raise CycleInterrupted(f"stopped after {done} of {steps} steps; nothing registered")
-    return {k: v / max(1, min(steps_per_epoch, steps)) for k, v in sums.items()}
+    return losses
 
 
 def policy_mean(algo: Any) -> Any:
@@ -140,6 +142,18 @@ def policy_mean(algo: Any) -> Any:
         return out
 
     return mean
+
+
+def finite_rows(window: ReplayWindow) -> np.ndarray:
+    """Indices of the window's rows whose every training and evaluation value is finite (NaN log-propensity means
+    'not logged' and is allowed). Today's streamer never stores such a row; an older one stored values beyond
+    float32 as inf, and one such row made every cycle fail with NaN losses."""
+    ok = np.ones(window.rows, dtype=bool)
+    for name in ("state", "action", "reward", "revenue", "event_time"):
+        col = window.column(name)
+        ok &= np.isfinite(col).reshape(len(col), -1).all(axis=1)
+    ok &= ~np.isinf(window.column("log_propensity"))
+    return np.flatnonzero(ok)
 
 
 def evaluation_data(window: ReplayWindow, rows: np.ndarray) -> EvaluationData:
@@ -168,9 +182,17 @@ def run_cycle(
     tc = cfg.trainer
     buffer = open_buffer(cfg.paths.buffer_dir)
     window = buffer.load(window=tc.window_s)
-    n = window.rows
     times = window.column("event_time")
-    order = np.argsort(times, kind="stable")
+    usable = finite_rows(window)
+    dropped = int(window.rows - len(usable))
+    if dropped:
+        log.warning(
+            "trainer dropping rows=%d of %d with non-finite values (stored by a rankrl before 0.2's validation)",
+            dropped,
+            window.rows,
+        )
+    n = len(usable)
+    order = usable[np.argsort(times[usable], kind="stable")]
     n_hold = round(n * tc.holdout_fraction)
     train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
     if len(train_idx) < tc.min_train_rows:
@@ -236,6 +258,7 @@ def run_cycle(
             "train_rows": len(train_idx),
             "holdout_rows": len(hold_idx),
             "holdout_start": float(times[hold_idx].min()) if len(hold_idx) else None,
+            "dropped_non_finite_rows": dropped,
         },
         "offsets": buffer.manifest().positions,
         "config": {"model": cfg.model.__dict__, "exploration": cfg.exploration.__dict__, "trainer": tc.__dict__},
@@ -289,4 +312,5 @@ def run_cycle(
         losses=losses,
         seconds=dt,
         report=report,
+        dropped_rows=dropped,
     )

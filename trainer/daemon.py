@@ -73,6 +73,7 @@ class Trainer:
             m.delta_lcb.set(r.report["difference"]["lcb"])
         m.rows.labels(split="train").set(r.train_rows)
         m.rows.labels(split="holdout").set(r.holdout_rows)
+        m.rows.labels(split="dropped_non_finite").set(r.dropped_rows)
         m.champion.info({"version": self.models.champion() or "none"})
         self.results.append(r)
         return r

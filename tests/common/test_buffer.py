@@ -14,7 +14,6 @@ from common.schema import parse_event
 from rankrl.sim import RankingWorld, simulate
 from streamer.writer import BufferWriter, log_id_hash
 
-
 T0 = 1.7e9  # event times in the past: validation refuses times before 2000 or ahead of the clock
 
 

@@ -19,6 +19,7 @@ from common.schema import parse_event
 from deploy.registry import ModelRegistry
 from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.sim import RankingWorld, simulate
+from streamer.encode import event_columns
 from streamer.writer import BufferWriter
 from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
 from trainer.daemon import Trainer
@@ -252,3 +253,42 @@ def test_logs_without_propensities_use_a_behaviour_model_fitted_on_training_rows
     # every holdout row is evaluated: the model was fitted on training rows, not on a slice of the holdout
     assert r.report["evaluated_rows"] == r.report["holdout_rows"] == r.holdout_rows
     assert not r.report["behaviour_model"]["deterministic"]
+
+
+class _ConstantLossAlgo:
+    """Stands in for d3rlpy: every update reports the same losses."""
+
+    class config:
+        batch_size = 8
+
+    def update(self, batch: object) -> dict[str, float]:
+        return {"critic_loss": 2.0, "actor_loss": -1.0}
+
+
+def test_reported_loss_is_the_mean_over_the_steps_the_last_epoch_ran() -> None:
+    """1,200 steps in epochs of 500: the last epoch runs 200 steps; its mean is not its sum over 500."""
+    data = TrainingArrays(
+        np.zeros((10, 23), np.float32), np.full((10, 7), 1 / 7, np.float32), np.zeros((10, 1), np.float32)
+    )
+    losses = train_steps(_ConstantLossAlgo(), ArraySampler(data), steps=1200, steps_per_epoch=500, stop=None)
+    assert losses == {"critic_loss": 2.0, "actor_loss": -1.0}
+
+
+def test_a_window_with_non_finite_rows_still_trains(tmp_path: Path) -> None:
+    """Rows an older streamer stored as inf (values beyond float32) are dropped loudly; the cycle trains."""
+    buf = tmp_path / "buffer"
+    w = BufferWriter(buf)
+    evs = [parse_event(orjson.dumps(e)) for _, _, _, b in simulate(RankingWorld(), 3000, seed=21) for e in b]
+    cols = event_columns(evs, [1.0 if e.converted else 0.0 for e in evs])
+    cols["state"][::300, 13] = np.inf  # price_mean = 1e39, as stored before validation bounded it
+    cols["revenue"][5] = np.inf
+    n = len(evs)
+    w.append_columns(["file:sim"] * n, list(range(n)), list(range(1, n + 1)), cols)
+    w.seal()
+    cfg = config(buf, tmp_path / "models")
+    registry = ModelRegistry(tmp_path / "models")
+    r = run_cycle(cfg, registry)
+    assert r.dropped_rows == 11
+    assert r.train_rows + r.holdout_rows == n - 11
+    assert all(np.isfinite(v) for v in r.losses.values())
+    assert registry.manifest(r.version)["data_window"]["dropped_non_finite_rows"] == 11
