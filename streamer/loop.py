@@ -53,7 +53,7 @@ class Streamer:
         stop_when_idle_s: float | None = None,
         parse_workers: int = 1,
         max_pending: int = 5000,
-        max_pending_bytes: int = 64 << 20,
+        max_pending_bytes: int = 16 << 20,
         dlq_flush_bytes: int = 16 << 20,
         max_record_bytes: int = 1 << 20,
     ) -> None:
