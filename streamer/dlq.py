@@ -213,14 +213,16 @@ class KafkaDeadLetters:
 
     def _send(self, entry: list[Any]) -> None:
         record, error, value = entry[0], entry[1], entry[2]
+        if value is None and record.key_bytes is None:
+            value = b""  # Kafka refuses a record with neither key nor value
         try:
             entry[3] = self.producer.send(
                 self.topic, key=record.key_bytes, value=value, headers=self._headers(record, error, value)
             )
         except Exception as e:  # kafka-python checks the size before sending
-            if type(e).__name__ not in _SIZE_ERRORS or value is None:
+            if type(e).__name__ not in _SIZE_ERRORS or not value:
                 raise
-            entry[2], entry[3] = None, None
+            entry[2], entry[3] = b"", None
             self._send(entry)
 
     def write(self, record: Record, error: InvalidEvent) -> None:
@@ -242,8 +244,8 @@ class KafkaDeadLetters:
             try:
                 entry[3].get(timeout=30)
             except Exception as e:  # the broker did not take it: keep it, resend, commit nothing meanwhile
-                if type(e).__name__ in _SIZE_ERRORS and entry[2] is not None:
-                    entry[2] = None
+                if type(e).__name__ in _SIZE_ERRORS and entry[2]:
+                    entry[2] = b""
                 else:
                     first_error = first_error or e
                 self._send(entry)
