@@ -163,6 +163,14 @@ class StreamerConfig:
             "streamer.source",
             f"expected file://PATH or kafka://HOST:PORT/TOPIC, got {self.source!r}",
         )
+        if self.source.startswith("kafka://"):
+            servers, _, topic = self.source[len("kafka://") :].partition("/")
+            ok = (
+                bool(topic)
+                and "/" not in topic
+                and all(h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in servers.split(","))
+            )
+            _check(ok, "streamer.source", f"expected kafka://HOST:PORT[,HOST:PORT]/TOPIC, got {self.source!r}")
         _check(self.segment_max_rows >= 1, "streamer.segment_max_rows", "must be >= 1")
         _check(self.segment_max_age_s > 0, "streamer.segment_max_age_s", "must be > 0")
         _check(self.parse_workers >= 0, "streamer.parse_workers", "must be >= 0 (0 parses in the main process)")
@@ -205,6 +213,7 @@ class TrainerConfig:
         _check(self.steps_per_epoch >= 1, "trainer.steps_per_epoch", "must be >= 1")
         _check(self.warm_start_from in ("champion", "latest"), "trainer.warm_start_from", "champion or latest")
         _check(self.interval_minutes > 0, "trainer.interval_minutes", "must be > 0")
+        _check(self.keep_last >= 0, "trainer.keep_last", "must be >= 0 (the champion and pinned versions stay)")
 
 
 def resolve_secret(env_name: str, file: str = "", environ: Mapping[str, str] | None = None) -> str | None:
@@ -362,6 +371,7 @@ def load_config(
 
 
 _SECRET_WORDS = ("password", "secret", "token", "key")
+_NOT_SECRET = ("_file", "_env", "ssl_keyfile", "ssl_certfile", "ssl_cafile")  # paths and variable names
 
 
 def describe(cfg: Any, prefix: str = "") -> list[str]:
@@ -372,7 +382,7 @@ def describe(cfg: Any, prefix: str = "") -> list[str]:
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
             lines.extend(describe(v, name + "."))
-        elif any(w in f.name.lower() for w in _SECRET_WORDS) and v and not f.name.endswith(("_file", "_env")):
+        elif any(w in f.name.lower() for w in _SECRET_WORDS) and v and not f.name.endswith(_NOT_SECRET):
             lines.append(f"{name}=***")
         else:
             lines.append(f"{name}={v}")

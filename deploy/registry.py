@@ -240,10 +240,12 @@ class ModelRegistry:
                 marker.unlink(missing_ok=True)
 
     def retain(self, keep_last: int) -> list[str]:
-        """Delete versions that are not the champion, not pinned and not among the last `keep_last`."""
+        """Delete versions that are not the champion, not pinned and not among the last `keep_last` (>= 0)."""
+        if not isinstance(keep_last, int) or keep_last < 0:
+            raise ValueError(f"keep_last must be a whole number >= 0, got {keep_last!r}")
         with self.locked():
             versions = self.versions()
-            keep = set(versions[-keep_last:]) | {self.champion()}
+            keep = set(versions[len(versions) - keep_last :]) | {self.champion()}  # [-0:] would keep all
             doomed = [v for v in versions if v not in keep and not (self.root / v / "PINNED").exists()]
             for v in doomed:
                 shutil.rmtree(self.root / v)

@@ -184,10 +184,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Gate a candidate against the champion (or the logging policy) on the buffer's newest rows."""
     from pathlib import Path
 
-    from trainer.evaluate import evaluate_models, format_report, write_outputs
+    from trainer.evaluate import EvaluationError, evaluate_models, format_report, write_outputs
 
     cfg = _config(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
-    decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction)
+    try:
+        decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction)
+    except EvaluationError as e:
+        log.error("evaluate: %s", e)
+        return 1
     print(format_report(decision.report))
     j, p = write_outputs(decision.report, Path(args.out or cfg.paths.results_dir))
     print(f"report: {j}\nplot:   {p}")
@@ -392,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
     s.add_argument("--models", help="model registry directory (paths.registry_dir)")
     s.add_argument("--candidate", required=True, help="registry version (v0003) or a .d3 file")
-    s.add_argument("--champion", help="registry version or .d3 file (default: the logging policy)")
+    s.add_argument(
+        "--champion",
+        help="registry version or .d3 file, or 'logging' for the logging policy (default: the registry's champion, "
+        "else the logging policy)",
+    )
     s.add_argument("--holdout-fraction", type=float, help="newest share of the window to evaluate on")
     s.add_argument("--out", help="folder for evaluation_report.json and evaluation.png (paths.results_dir)")
     s.set_defaults(func=cmd_evaluate)

@@ -37,3 +37,13 @@ def test_bad_usage_exits_2() -> None:
     r = run_cli("simulate")
     assert r.returncode == 2
     assert "--out" in r.stderr
+
+
+def test_evaluate_and_stream_fail_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rankrl", *args], capture_output=True, text=True, timeout=120)
+
+    missing = run("evaluate", "--candidate", "v0042", "--buffer", str(tmp_path / "nope"), "--models", str(tmp_path))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr and "not a rankrl buffer" in missing.stderr
+    bad = run("stream", "--source", "kafka://host", "--buffer", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "streamer.source" in bad.stderr

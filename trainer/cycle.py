@@ -28,12 +28,12 @@ import torch
 
 from common.buffer import ReplayWindow, open_buffer
 from common.config import RankrlConfig
-from common.exploration import DirichletExploration, weights_from_actions
+from common.exploration import weights_from_actions
 from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
 from deploy.serving import load_policy_mean, load_torchscript
 from trainer.data import ArraySampler, TrainingArrays
-from trainer.gate import EvaluationData, GateDecision, PromotionGate
+from trainer.gate import EvaluationData, GateDecision, build_gate
 from trainer.shrunk import LinearSoftmaxPolicy, export_shrunk_policy
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,20 @@ def policy_mean(algo: Any) -> Any:
     return mean
 
 
+def split_holdout(times: np.ndarray, rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Training and holdout row indices: the newest `fraction` of `rows` by event time is the holdout (sorted)."""
+    order = rows[np.argsort(times[rows], kind="stable")]
+    n_hold = max(1, round(len(order) * fraction)) if len(order) else 0
+    return np.sort(order[: len(order) - n_hold]), np.sort(order[len(order) - n_hold :])
+
+
+def fit_logging_model(states: np.ndarray, actions: np.ndarray) -> DirichletBehaviourModel:
+    """The behaviour (logging) density model, fitted on the newest 50,000 training rows (never the holdout):
+    densities for rows logged without one, and the logger's mean that shrunk steps start from."""
+    k = min(len(states), 50_000)
+    return DirichletBehaviourModel().fit(states[-k:], actions[-k:])
+
+
 def finite_rows(window: ReplayWindow) -> np.ndarray:
     """Indices of the window's rows whose every training and evaluation value is finite (NaN log-propensity means
     'not logged' and is allowed). Today's streamer never stores such a row; an older one stored values beyond
@@ -191,10 +205,7 @@ def run_cycle(
             dropped,
             window.rows,
         )
-    n = len(usable)
-    order = usable[np.argsort(times[usable], kind="stable")]
-    n_hold = round(n * tc.holdout_fraction)
-    train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
+    train_idx, hold_idx = split_holdout(times, usable, tc.holdout_fraction)
     if len(train_idx) < tc.min_train_rows:
         raise NotEnoughData(f"{len(train_idx)} training rows in the window (need {tc.min_train_rows})")
     train = TrainingArrays.from_window(window, train_idx)
@@ -218,8 +229,8 @@ def run_cycle(
     sampler = ArraySampler(train, seed=tc.seed + steps_before)
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
 
-    exploration = DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha)
-    gate = PromotionGate(cfg.gate, exploration, shrinkage_steps=cfg.gate.shrinkage_steps)
+    gate = build_gate(cfg)
+    exploration = gate.exploration
     holdout = evaluation_data(window, hold_idx)
     champion = registry.champion()
     # The champion as it is served (its policy.pt: a shrunk step is a mix, not its CQL checkpoint's action).
@@ -231,8 +242,7 @@ def run_cycle(
     steps_from_logger = champion is None and min(cfg.gate.shrinkage_steps) < 1.0
     logging_model = None
     if densities_missing or steps_from_logger:
-        k = min(len(train), 50_000)
-        logging_model = DirichletBehaviourModel().fit(train.states[-k:], train.actions[-k:])
+        logging_model = fit_logging_model(train.states, train.actions)
     decision: GateDecision = gate.evaluate(
         holdout,
         policy_mean(algo),

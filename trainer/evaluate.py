@@ -12,13 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from common.buffer import open_buffer
+from common.buffer import BufferFormatError, open_buffer
 from common.config import RankrlConfig
-from common.exploration import DirichletExploration
-from deploy.registry import ModelRegistry
+from deploy.registry import ModelRegistry, RegistryError
 from deploy.serving import load_policy_mean
-from trainer.cycle import evaluation_data, load_cql, policy_mean, resolve_device
-from trainer.gate import GateDecision, PromotionGate
+from trainer.cycle import (
+    evaluation_data,
+    finite_rows,
+    fit_logging_model,
+    load_cql,
+    policy_mean,
+    resolve_device,
+    split_holdout,
+)
+from trainer.gate import GateDecision, build_gate
+
+
+class EvaluationError(RuntimeError):
+    """`rankrl evaluate` cannot run: an unknown model, no buffer, or no rows in the window."""
 
 
 def resolve_model(spec: str, registry: ModelRegistry) -> Path:
@@ -32,32 +43,52 @@ def resolve_model(spec: str, registry: ModelRegistry) -> Path:
 def evaluate_models(
     cfg: RankrlConfig, candidate: str, champion: str | None, holdout_fraction: float | None = None
 ) -> GateDecision:
+    """The trainer's gate (`build_gate`: its shrunk steps included) for a candidate against `champion`: a registry
+    version or a .d3 file, by default the registry's champion, or the logging policy when there is none or
+    `champion == "logging"`. Raises EvaluationError with a message for an unknown model or an empty buffer."""
     registry = ModelRegistry(cfg.paths.registry_dir)
-    window = open_buffer(cfg.paths.buffer_dir).load(window=cfg.trainer.window_s)
+    try:
+        window = open_buffer(cfg.paths.buffer_dir).load(window=cfg.trainer.window_s)
+    except BufferFormatError as e:
+        raise EvaluationError(str(e)) from None
     if window.rows == 0:
-        raise ValueError(f"no rows in the buffer {cfg.paths.buffer_dir} within trainer.window_s")
+        raise EvaluationError(f"no rows in the buffer {cfg.paths.buffer_dir} within trainer.window_s")
     times = window.column("event_time")
-    frac = holdout_fraction or cfg.trainer.holdout_fraction
-    order = np.argsort(times, kind="stable")
-    n_hold = max(1, round(len(times) * frac))
-    hold = np.sort(order[-n_hold:])
+    train_idx, hold = split_holdout(times, finite_rows(window), holdout_fraction or cfg.trainer.holdout_fraction)
     device = resolve_device(cfg.trainer.device)
-    cand = policy_mean(load_cql(resolve_model(candidate, registry), device))
-    champ = None
-    if champion:
-        # a registry champion as served (policy.pt: a promoted shrunk step is a mix); a .d3 file as its action
-        p = Path(champion)
-        champ = (
-            policy_mean(load_cql(p, device))
-            if p.suffix == ".d3" and p.exists()
-            else load_policy_mean(registry.path(champion, "policy.pt"))
-        )
+    if champion is None:
+        champion = registry.champion()
+    elif champion == "logging":
+        champion = None
+    try:
+        cand = policy_mean(load_cql(resolve_model(candidate, registry), device))
+        champ = None
+        if champion:
+            # a registry champion as served (policy.pt: a promoted shrunk step is a mix); a .d3 file as its action
+            p = Path(champion)
+            champ = (
+                policy_mean(load_cql(p, device))
+                if p.suffix == ".d3" and p.exists()
+                else load_policy_mean(registry.path(champion, "policy.pt"))
+            )
+    except (RegistryError, FileNotFoundError) as e:
+        raise EvaluationError(f"cannot load a model: {e}") from None
     data = evaluation_data(window, hold)
-    fit = None
-    if not np.isfinite(data.logging_log_density).all():
-        fit = evaluation_data(window, np.sort(order[:-n_hold])[-50_000:])
-    gate = PromotionGate(cfg.gate, DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha))
-    decision = gate.evaluate(data, cand, champ, behaviour_fit=fit)
+    gate = build_gate(cfg)
+    missing = not np.isfinite(data.logging_log_density).all()
+    from_logger = champ is None and min(gate.shrinkage_steps) < 1.0
+    logging_model = None
+    if missing or from_logger:
+        fit_rows = evaluation_data(window, train_idx)
+        logging_model = fit_logging_model(fit_rows.states, fit_rows.actions)
+    decision = gate.evaluate(
+        data,
+        cand,
+        champ,
+        behaviour_fit=logging_model if missing else None,
+        logging_mean=logging_model.mean if from_logger and logging_model is not None else None,
+        seed=cfg.trainer.seed,
+    )
     decision.report["models"] = {"candidate": candidate, "champion": champion or "logging policy"}
     return decision
 

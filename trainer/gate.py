@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import GateConfig
+from common.config import GateConfig, RankrlConfig
 from common.exploration import DirichletExploration
 from common.ope import (
     DirichletBehaviourModel,
@@ -388,3 +388,13 @@ class PromotionGate:
         decision = GateDecision(promote=promote, reasons=reasons, step=step, report=report)
         log.info("gate decision=%s", decision.label)
         return decision
+
+
+def build_gate(cfg: RankrlConfig) -> PromotionGate:
+    """The trainer's gate from configuration: thresholds, the served exploration, the shrunk steps. The trainer
+    and `rankrl evaluate` both use it, so evaluate decides what the trainer would."""
+    return PromotionGate(
+        cfg.gate,
+        DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha),
+        shrinkage_steps=cfg.gate.shrinkage_steps,
+    )

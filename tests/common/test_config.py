@@ -86,3 +86,19 @@ def test_describe_masks_secrets() -> None:
     lines = describe(Top())
     assert "kafka.sasl_password=***" in lines and "kafka.user=me" in lines
     assert not any("hunter2" in line for line in lines)
+
+
+def test_describe_shows_paths_of_tls_files() -> None:
+    """ssl_keyfile is a path, not a secret (it holds 'key'); the key's password stays masked."""
+    cfg = load_config(environ={}, cli={"streamer": {"ssl_keyfile": "/etc/rankrl/client.key"}})
+    lines = describe(cfg)
+    assert "streamer.ssl_keyfile=/etc/rankrl/client.key" in lines
+
+
+@pytest.mark.parametrize(
+    "source", ["kafka://host", "kafka://host/", "kafka://host:notaport/topic", "kafka:///topic", "kafka://h:9092/a/b"]
+)
+def test_a_bad_kafka_source_is_a_config_error(source: str) -> None:
+    with pytest.raises(ConfigError, match=r"streamer\.source"):
+        load_config(environ={}, cli={"streamer": {"source": source}})
+    load_config(environ={}, cli={"streamer": {"source": "kafka://a:9092,b:9093/search-logs"}})

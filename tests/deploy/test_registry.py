@@ -88,3 +88,14 @@ def test_retention_keeps_champion_last_n_and_pinned(tmp_path: Path) -> None:
     reg.pin(vs[1])
     assert reg.retain(keep_last=2) == [vs[2], vs[3]]
     assert reg.versions() == [vs[0], vs[1], vs[4], vs[5]]
+
+
+def test_retention_keep_last_zero_keeps_only_the_champion_and_pinned(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    vs = [make(reg, tmp_path) for _ in range(4)]
+    reg.promote(vs[1], reason="champion")
+    reg.pin(vs[2])
+    assert reg.retain(keep_last=0) == [vs[0], vs[3]]  # versions[-0:] kept every version
+    assert reg.versions() == [vs[1], vs[2]]
+    with pytest.raises(ValueError, match="keep_last"):
+        reg.retain(keep_last=-1)

@@ -49,7 +49,7 @@ def test_fuzz_corpus_through_the_kafka_source(kafka: KafkaBroker, tmp_path: Path
                 "group_id": kafka.topic("g"),
                 "metrics_port": 0,
                 "segment_max_age_s": 0.5,
-            },  # fmt: skip
+            },
             "paths": {"buffer_dir": str(buf)},
         },
     )

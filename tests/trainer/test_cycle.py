@@ -292,3 +292,14 @@ def test_a_window_with_non_finite_rows_still_trains(tmp_path: Path) -> None:
     assert r.train_rows + r.holdout_rows == n - 11
     assert all(np.isfinite(v) for v in r.losses.values())
     assert registry.manifest(r.version)["data_window"]["dropped_non_finite_rows"] == 11
+
+
+def test_evaluate_decides_what_the_trainer_decided(buffer_dir: Path, tmp_path: Path) -> None:
+    """`rankrl evaluate` builds the trainer's gate (shrunk steps included) and the same holdout."""
+    from trainer.evaluate import evaluate_models
+
+    cfg = config(buffer_dir, tmp_path / "models")
+    r = run_cycle(cfg, ModelRegistry(tmp_path / "models"))
+    d = evaluate_models(cfg, r.version, "logging")  # the cycle had no champion: the logger was its baseline
+    assert d.label == r.decision
+    assert d.report["difference"]["lcb"] == pytest.approx(r.report["difference"]["lcb"], abs=1e-9)
