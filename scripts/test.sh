@@ -11,16 +11,19 @@ command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool + a real server for the scrape test
 if [ ${#need_apt[@]} -gt 0 ]; then
+  line="apt-get update && apt-get install -y --no-install-recommends ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: the full suite needs ${need_apt[*]} (Debian packages). As root, run:" >&2
+    echo "  $line" >&2
+    echo "(make unit runs the fast tier without them.)" >&2
+    exit 2
+  fi
   echo "test.sh: installing ${need_apt[*]} (Debian packages)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${need_apt[@]}" >/dev/null
 fi
 
-echo "== ruff" >&2
-ruff check .
-ruff format --check .
-echo "== mypy" >&2
-mypy
+scripts/check.sh
 
 echo "== kafka" >&2
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then

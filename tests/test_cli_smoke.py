@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,14 @@ def test_simulate_writes_valid_events(tmp_path: Path) -> None:
 
 
 def test_help_lists_subcommands() -> None:
+    from tests.test_docs import subcommands
+
     r = run_cli("--help")
     assert r.returncode == 0
-    assert "simulate" in r.stdout
+    for name in subcommands():
+        assert re.search(rf"^\s+{name}\s", r.stdout, re.M), f"rankrl --help does not list {name}"
+        sub = run_cli(name, "--help")
+        assert sub.returncode == 0 and "usage: rankrl " + name in sub.stdout
 
 
 def test_bad_usage_exits_2() -> None:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli_smoke import run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_promotes_a_champion_that_truly_converts_better(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pytest
 
 from rankrl.sim import RankingWorld, write_jsonl
 
+pytestmark = pytest.mark.prometheus
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus"
 

@@ -17,6 +17,7 @@ def world() -> RankingWorld:
     return RankingWorld()
 
 
+@pytest.mark.slow
 def test_closed_form_matches_realised_events(world: RankingWorld) -> None:
     """Realised conversion and reward of 30k logged searches agree with the exact expectations (z < 4)."""
     conv_true, rew_true, conv_obs, rew_obs = [], [], [], []
@@ -46,6 +47,7 @@ def test_true_value_reports_its_error(world: RankingWorld) -> None:
     assert abs(a.conversion - b.conversion) < 4 * np.hypot(a.conversion_se, b.conversion_se)
 
 
+@pytest.mark.slow
 def test_best_weights_depend_on_the_user(world: RankingWorld) -> None:
     """The personalised policy beats every fixed weight vector tried, under common random numbers."""
     pers = world.true_value(personalised_policy, None, n_contexts=20_000, seed=11).conversion

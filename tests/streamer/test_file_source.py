@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from common.buffer import open_buffer
@@ -46,6 +47,7 @@ def stored_hashes(buf: Path) -> list[int]:
     return open_buffer(buf).load().column("log_id_hash").tolist()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
     """Lines arrive at ~2,500/s while the streamer is SIGKILLed 4 times at random moments, then restarted."""
     src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"

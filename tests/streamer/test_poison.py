@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from common.buffer import open_buffer
 from streamer.writer import log_id_hash
 from tests.fuzz_corpus import Case, corpus, oversized
+
+pytestmark = pytest.mark.slow
 
 
 def check_outcome(cases: list[Case], stored: list[int], letters: list[tuple[str, str]]) -> collections.Counter:

@@ -24,6 +24,8 @@ from streamer.writer import BufferWriter
 from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
 from trainer.daemon import Trainer
 
+pytestmark = pytest.mark.slow
+
 SMALL = {
     "model": {"hidden_units": "32,32", "batch_size": 64, "n_action_samples": 4},
     "trainer": {"steps_per_cycle": 40, "steps_per_epoch": 20, "window_s": 1e10, "min_train_rows": 500},

@@ -15,6 +15,8 @@ from common.features import extract_state_vector
 from rankrl.sim import RankingWorld, write_jsonl
 from trainer.fit import BadLogLine, CQLModel, evaluate_trained_model, load_logs
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def logs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -39,6 +39,7 @@ def clopper_pearson_lower(k: int, n: int, level: float = 0.95) -> float:
     return 0.0 if k == 0 else float(stats.beta.ppf((1 - level) / 2, k, n - k + 1))
 
 
+@pytest.mark.slow
 def test_snips_interval_covers_the_true_value(world: RankingWorld) -> None:
     """95% intervals of several policies cover the closed-form truth ~95% of the time (R=200 tells 95 from 80)."""
     rng = np.random.default_rng(10)
@@ -67,6 +68,7 @@ def test_identical_candidate_always_holds(world: RankingWorld) -> None:
         assert "same_as_champion" in dec.reasons
 
 
+@pytest.mark.slow
 def test_exact_null_is_calibrated_small(null_world: RankingWorld) -> None:
     """150 exact-null holdouts: the promotion rate's Clopper-Pearson lower bound is not above alpha."""
     gate = PromotionGate(SMALL, EX)
@@ -81,6 +83,7 @@ def test_exact_null_is_calibrated_small(null_world: RankingWorld) -> None:
     assert clopper_pearson_lower(promoted, reps) <= 0.05, promoted
 
 
+@pytest.mark.slow
 def test_clearly_better_candidate_is_promoted(world: RankingWorld) -> None:
     gate = PromotionGate(GateConfig(), EX)
     rng = np.random.default_rng(2)
@@ -132,6 +135,7 @@ def test_mislabelled_densities_fail_the_mean_weight_check(world: RankingWorld) -
     assert "candidate_mean_weight" in dec.reasons or "candidate_max_weight_share" in dec.reasons
 
 
+@pytest.mark.slow
 def test_estimated_propensities_still_cover(world: RankingWorld) -> None:
     """Logs without propensity: a behaviour model fitted on separate rows; intervals still cover the truth."""
     rng = np.random.default_rng(7)
@@ -163,6 +167,7 @@ def test_deterministic_logger_holds_with_no_overlap(world: RankingWorld) -> None
     assert "deterministic" in dec.report["checks"][0]["detail"]
 
 
+@pytest.mark.slow
 def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     """A candidate too far to judge whole can still be promoted at a smaller step, in a fixed sequence."""
     rng = np.random.default_rng(9)
