@@ -62,11 +62,9 @@ def replicate(
         )
         promoted += dec.promote
         full += dec.promote and dec.step == 1.0
-        steps = dec.report["steps"]
-        point += steps[-1]["difference"]["delta"] > 0 if len(steps) == 1 else 0
-        ess.append(
-            next(st for st in steps if st["step"] == max(x["step"] for x in steps))["candidate_weights"]["ess_fraction"]
-        )
+        steps = dec.report.steps
+        point += steps[-1].difference.delta > 0 if len(steps) == 1 else 0
+        ess.append(max(steps, key=lambda st: st.step).candidate_weights.ess_fraction)
     lo, hi = clopper_pearson(promoted, reps)
     return {
         "promoted": promoted,

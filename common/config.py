@@ -46,7 +46,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """CQL hyperparameters (the seed's defaults)."""
+    """CQL hyperparameters (the original pipeline's defaults)."""
 
     actor_learning_rate: float = 3e-4
     critic_learning_rate: float = 3e-4

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
+from common.config import ExplorationConfig
+
 ACTION_FLOOR = 1e-12  # log(0) guard for actions stored in float32
 
 
@@ -29,12 +31,16 @@ ACTION_FLOOR = 1e-12  # log(0) guard for actions stored in float32
 class DirichletExploration:
     """Dirichlet exploration around a mean action on the 7-simplex."""
 
-    kappa: float = 20.0
-    min_alpha: float = 1.0
+    kappa: float = ExplorationConfig.kappa  # defaults are defined once, in the config
+    min_alpha: float = ExplorationConfig.min_alpha
 
     def __post_init__(self) -> None:
         if self.kappa <= 0 or self.min_alpha <= 0:
             raise ValueError("kappa and min_alpha must be > 0")
+
+    @classmethod
+    def from_config(cls, cfg: ExplorationConfig) -> DirichletExploration:
+        return cls(cfg.kappa, cfg.min_alpha)
 
     def alphas(self, mean: np.ndarray) -> np.ndarray:
         """Concentration parameters for mean actions [n, d] (or [d]); means are clipped at 0 and renormalised."""

@@ -1,6 +1,6 @@
-"""The reward of one search: the seed's function of the user's deepest action, the ranks and the prices.
+"""The reward of one search: the original pipeline's function of the user's deepest action, the ranks and the prices.
 
-Choices, each from the seed pipeline unless marked:
+Choices, each from the original pipeline unless marked:
 - `user_action == "none"` -> `no_interaction_penalty` (-5.0): a search that shows nothing wanted is a cost.
 - `"purchase"` -> sum over `purchased_ranks` of
   `position_weights[rank] * action_values["purchase"] * min(price / 1000, 3.0)`.
@@ -37,7 +37,7 @@ def _default_action_values() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Weights of the reward function (the seed's defaults)."""
+    """Weights of the reward function (the original pipeline's defaults)."""
 
     position_weights: tuple[float, ...] = field(default_factory=_default_position_weights)
     action_values: Mapping[str, float] = field(default_factory=_default_action_values)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common.durable import atomic_write_bytes, file_lock, fsync_dir
+from common.gate_report import GateReport
 
 
 class RegistryError(RuntimeError):
@@ -150,15 +151,15 @@ class ModelRegistry:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            decision = (manifest.get("report") or {}).get("decision")
+            report = report_of(manifest)
             self._append_history(
                 {
                     "action": "register",
                     "version": version,
                     "who": who or whoami(),
                     "parent": manifest.get("parent"),
-                    "gate": decision,
-                    "reason": "; ".join((manifest.get("report") or {}).get("reasons", [])),
+                    "gate": None if report is None else report.decision,
+                    "reason": "" if report is None else "; ".join(report.reasons),
                 }
             )
         return version
@@ -174,12 +175,11 @@ class ModelRegistry:
         """Make `version` the champion; returns the previous champion. A version the gate held needs force."""
         with self.locked():
             m = self.verify(version)
-            gate = (m.get("report") or {}).get("decision")
-            if gate != "PROMOTE" and not force:
-                raise RegistryError(
-                    f"model {version}: the gate decided {gate or 'nothing'} "
-                    f"({', '.join((m.get('report') or {}).get('reasons', [])) or 'no report'}); use --force to override"
-                )
+            report = report_of(m)
+            if (report is None or not report.promoted) and not force:
+                decided = "nothing" if report is None else report.decision
+                why = "no report" if report is None else ", ".join(report.reasons)
+                raise RegistryError(f"model {version}: the gate decided {decided} ({why}); use --force to override")
             previous = self.champion()
             if previous == version:
                 raise RegistryError(f"model {version} is already the champion")
@@ -192,7 +192,7 @@ class ModelRegistry:
                     "who": who or whoami(),
                     "reason": reason,
                     "manual": not automatic,
-                    "forced": force and gate != "PROMOTE",
+                    "forced": force and (report is None or not report.promoted),
                     "evidence": _evidence(m),
                 }
             )
@@ -254,15 +254,21 @@ class ModelRegistry:
             return doomed
 
 
+def report_of(manifest: Mapping[str, Any]) -> GateReport | None:
+    """A version's gate report, typed; None for a version registered without one."""
+    r = manifest.get("report")
+    return GateReport.from_dict(r) if r else None
+
+
 def _evidence(m: Mapping[str, Any]) -> dict[str, Any]:
-    r = m.get("report") or {}
-    diff = r.get("difference") or {}
-    cand = (r.get("candidate") or {}).get("snips_conversion") or {}
+    r = report_of(m)
+    if r is None:
+        return {"decision": None}
     return {
-        "decision": r.get("decision"),
-        "reasons": r.get("reasons"),
-        "delta": diff.get("delta"),
-        "lcb": diff.get("lcb"),
-        "candidate_conversion": cand.get("value"),
-        "holdout_rows": r.get("holdout_rows"),
+        "decision": r.decision,
+        "reasons": list(r.reasons),
+        "delta": None if r.difference is None else r.difference.delta,
+        "lcb": None if r.difference is None else r.difference.lcb,
+        "candidate_conversion": None if r.candidate is None else r.candidate.snips_conversion.value,
+        "holdout_rows": r.holdout_rows,
     }

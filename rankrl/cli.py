@@ -104,12 +104,14 @@ def _fmt(x: object, spec: str = ".4f") -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """A table of the registered versions."""
+    from deploy.registry import report_of
+
     reg = _registry(args)
     champion = reg.champion()
     rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
     for v in reg.versions():
         m = reg.manifest(v)
-        r = m.get("report") or {}
+        r = report_of(m)
         status = "champion" if v == champion else ("pinned" if (reg.root / v / "PINNED").exists() else "")
         rows.append(
             (
@@ -117,9 +119,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 m.get("parent") or "-",
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created"])),
                 str(m.get("cumulative_steps", "-")),
-                _fmt(((r.get("candidate") or {}).get("snips_conversion") or {}).get("value")),
-                _fmt((r.get("difference") or {}).get("lcb"), "+.5f"),
-                r.get("decision", "-") + ("" if not r.get("reasons") else ":" + ",".join(r["reasons"])[:40]),
+                _fmt(None if r is None or r.candidate is None else r.candidate.snips_conversion.value),
+                _fmt(None if r is None or r.difference is None else r.difference.lcb, "+.5f"),
+                "-" if r is None else r.decision + ("" if not r.reasons else ":" + ",".join(r.reasons)[:40]),
                 status,
             )
         )
@@ -132,14 +134,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Champion, last cycle and its decision, buffer rows and age."""
     from common.buffer import BufferFormatError, open_buffer
+    from deploy.registry import report_of
 
     reg = _registry(args)
     cfg = _config(args, {"paths": {"buffer_dir": args.buffer}})
     print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
     last = reg.latest()
     if last:
-        r = reg.manifest(last).get("report") or {}
-        print(f"last cycle:  {last} -> {r.get('decision', '-')} {', '.join(r.get('reasons', []))}".rstrip())
+        r = report_of(reg.manifest(last))
+        verdict = "-" if r is None else f"{r.decision} {', '.join(r.reasons)}"
+        print(f"last cycle:  {last} -> {verdict}".rstrip())
     else:
         print("last cycle:  none yet")
     try:

@@ -33,7 +33,7 @@ import orjson
 
 from common.buffer import BufferFormatError, open_buffer
 from common.exploration import DirichletExploration
-from deploy.registry import ModelRegistry
+from deploy.registry import ModelRegistry, report_of
 from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.demo_options import DemoOptions
 from rankrl.sim import Policy, RankingWorld, personalised_policy, simulate, write_jsonl
@@ -146,26 +146,28 @@ def _cycles(registry: ModelRegistry) -> list[dict[str, Any]]:
     rows = []
     for v in registry.versions():
         m = registry.manifest(v)
-        r = m.get("report") or {}
-        cand = (r.get("candidate") or {}).get("snips_conversion") or {}
-        champ = (r.get("champion") or {}).get("snips_conversion") or {}
+        r = report_of(m)
+        if r is None:
+            continue
+        cand = None if r.candidate is None else r.candidate.snips_conversion
+        diff = r.difference
         rows.append(
             {
                 "version": v,
                 "parent": m.get("parent"),
                 "cumulative_steps": m.get("cumulative_steps"),
-                "decision": r.get("decision"),
-                "promoted_step": r.get("promoted_step"),
-                "tested_step": (r.get("steps") or [{}])[-1].get("step"),
-                "reasons": r.get("reasons", []),
-                "holdout_rows": (m.get("data_window") or {}).get("holdout_rows"),
-                "estimate": cand.get("value"),
-                "estimate_low": cand.get("ci_low"),
-                "estimate_high": cand.get("ci_high"),
-                "baseline_estimate": champ.get("value"),
-                "delta": (r.get("difference") or {}).get("delta"),
-                "delta_lcb": (r.get("difference") or {}).get("lcb"),
-                "ess_fraction": (r.get("candidate_weights") or {}).get("ess_fraction"),
+                "decision": r.decision,
+                "promoted_step": r.promoted_step,
+                "tested_step": r.steps[-1].step if r.steps else None,
+                "reasons": list(r.reasons),
+                "holdout_rows": m["data_window"]["holdout_rows"],
+                "estimate": None if cand is None else cand.value,
+                "estimate_low": None if cand is None else cand.ci_low,
+                "estimate_high": None if cand is None else cand.ci_high,
+                "baseline_estimate": None if r.champion is None else r.champion.snips_conversion.value,
+                "delta": None if diff is None else diff.delta,
+                "delta_lcb": None if diff is None else diff.lcb,
+                "ess_fraction": None if r.candidate_weights is None else r.candidate_weights.ess_fraction,
             }
         )
     return rows

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.config import ExplorationConfig
+
 if TYPE_CHECKING:
     from rankrl.sim import RankingWorld
 
@@ -20,7 +22,7 @@ class DemoOptions:
     interval_minutes: float = 1.0  # trainer schedule
     steps_per_cycle: int = 300
     holdout_fraction: float = 0.5
-    kappa: float = 20.0
+    kappa: float = ExplorationConfig.kappa
     n_candidates: int = 100  # candidates per search (the top 10 are shown)
     seed: int = 0
     streamer_metrics_port: int = 9108  # 0 = none

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from common.config import StreamerConfig
 from common.durable import fsync_dir
 from common.schema import InvalidEvent
 from streamer.sources import KafkaSettings, Record
@@ -61,9 +62,9 @@ class FileDeadLetters:
         self,
         path: str | Path,
         stored_positions: dict[str, int] | None = None,
-        max_value_bytes: int = 256 << 10,
-        file_max_bytes: int = 64 << 20,
-        keep_files: int = 10,
+        max_value_bytes: int = StreamerConfig.dlq_max_value_bytes,
+        file_max_bytes: int = StreamerConfig.dlq_file_max_bytes,
+        keep_files: int = StreamerConfig.dlq_file_keep,
     ) -> None:
         self.path = Path(path)
         self.max_value_bytes = max_value_bytes
@@ -179,7 +180,9 @@ class KafkaDeadLetters:
     saying so, since the record itself is still in the source topic at the offset they name.
     """
 
-    def __init__(self, settings: KafkaSettings, group_id: str, max_value_bytes: int = 256 << 10) -> None:
+    def __init__(
+        self, settings: KafkaSettings, group_id: str, max_value_bytes: int = StreamerConfig.dlq_max_value_bytes
+    ) -> None:
         from kafka import KafkaProducer
 
         self.topic = f"{settings.topic}.dlq"

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.buffer import COLUMNS
+from common.config import StreamerConfig
 from common.features import STATE_FEATURE_NAMES, state_tuple
 from common.reward import RewardConfig, compute_reward
 from common.schema import ACTION_KEYS, InvalidEvent, SearchLogEvent, parse_event
 
-DEFAULT_MAX_RECORD_BYTES = 1 << 20  # Kafka's default message size limit
+DEFAULT_MAX_RECORD_BYTES = StreamerConfig.max_record_bytes
 
 # Columns an encoded batch carries; the writer adds the rest (where each row came from).
 EVENT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("partition", "offset"))

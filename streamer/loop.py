@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 from kafka.errors import KafkaError
 
+from common.config import StreamerConfig
 from common.reward import RewardConfig
 from streamer.dlq import DeadLetters
 from streamer.encode import error_of
@@ -49,13 +50,13 @@ class Streamer:
         dead_letters_factory: Callable[[], DeadLetters],
         metrics: StreamerMetrics,
         reward_config: RewardConfig | None = None,
-        max_retry_s: float = 300.0,
+        max_retry_s: float = StreamerConfig.max_retry_s,
         stop_when_idle_s: float | None = None,
-        parse_workers: int = 1,
+        parse_workers: int = StreamerConfig.parse_workers,
         max_pending: int = 5000,
-        max_pending_bytes: int = 16 << 20,
-        dlq_flush_bytes: int = 16 << 20,
-        max_record_bytes: int = 1 << 20,
+        max_pending_bytes: int = StreamerConfig.max_pending_bytes,
+        dlq_flush_bytes: int = StreamerConfig.dlq_flush_bytes,
+        max_record_bytes: int = StreamerConfig.max_record_bytes,
     ) -> None:
         self.writer = writer
         self.metrics = metrics

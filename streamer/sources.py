@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.config import StreamerConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -65,9 +67,9 @@ class FileSource:
         self,
         path: str | Path,
         stored_positions: dict[str, int],
-        follow: bool = True,
-        max_records: int = 1000,
-        max_record_bytes: int = 1 << 20,
+        follow: bool = StreamerConfig.follow,
+        max_records: int = StreamerConfig.max_poll_records,
+        max_record_bytes: int = StreamerConfig.max_record_bytes,
     ) -> None:
         self.path = Path(path).resolve()
         if not self.path.exists() and not follow:
@@ -167,15 +169,15 @@ class FileSource:
 class KafkaSettings:
     bootstrap_servers: str
     topic: str
-    group_id: str = "rankrl-streamer"
+    group_id: str = StreamerConfig.group_id
     client_id: str = "rankrl-streamer"
-    max_poll_records: int = 1000
-    session_timeout_ms: int = 45_000
+    max_poll_records: int = StreamerConfig.max_poll_records
+    session_timeout_ms: int = StreamerConfig.session_timeout_ms
     group_instance_id: str | None = None  # static membership (KIP-345): a restart takes its partitions back at once
     bootstrap_timeout_ms: int = 15_000
     # 1 MiB (the default) is ~450 events of 2.3 KB: each poll then waits on a fetch round trip
     max_partition_fetch_bytes: int = 8 << 20
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: str = StreamerConfig.security_protocol
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = None

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.buffer import COLUMNS, BufferDir, Manifest, map_segment, segment_entry, write_segment
+from common.config import StreamerConfig
 from common.schema import SearchLogEvent
 from streamer.encode import EVENT_COLUMNS, event_columns, log_id_hash
 
@@ -39,11 +40,11 @@ class BufferWriter:
     def __init__(
         self,
         path: str | Path,
-        max_rows: int = 50_000,
-        max_age_s: float = 30.0,
-        retention_max_age_s: float = 3 * 86_400.0,
-        retention_max_bytes: int = 20 * 2**30,
-        dedup_window_s: float = 3_600.0,
+        max_rows: int = StreamerConfig.segment_max_rows,
+        max_age_s: float = StreamerConfig.segment_max_age_s,
+        retention_max_age_s: float = StreamerConfig.retention_max_age_s,
+        retention_max_bytes: int = StreamerConfig.retention_max_bytes,
+        dedup_window_s: float = StreamerConfig.dedup_window_s,
     ) -> None:
         self.dir = BufferDir(path, create=True)
         self.max_rows = max_rows

@@ -1,4 +1,4 @@
-"""Shared test helpers: a hand-written valid event in the seed schema."""
+"""Shared test helpers: a hand-written valid event in the original pipeline's schema."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 
-def seed_event(**overrides: Any) -> dict[str, Any]:
-    """A valid event close to the seed README's example; `overrides` replace top-level fields."""
+def original_example_event(**overrides: Any) -> dict[str, Any]:
+    """A valid event close to the original pipeline's README example; `overrides` replace top-level fields."""
     ev: dict[str, Any] = {
         "log_id": "log-0001",
         "created_at": "2026-11-29T10:00:00Z",

@@ -19,7 +19,7 @@ import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 from common.buffer import ReplayWindow, open_buffer
 from common.config import RankrlConfig
 from common.exploration import weights_from_actions
+from common.gate_report import GateReport
 from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
 from deploy.serving import load_policy_mean, load_torchscript
@@ -59,7 +60,7 @@ class CycleResult:
     cumulative_steps: int
     losses: dict[str, float]
     seconds: float
-    report: dict[str, Any] = field(default_factory=dict)
+    report: GateReport
     dropped_rows: int = 0  # non-finite rows left out of the window
 
 
@@ -72,7 +73,7 @@ def resolve_device(name: str) -> str:
 
 
 def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str, normalize: bool = True, seed: int = 0) -> Any:
-    """A cold-start CQL with the seed's hyperparameters and scalers fitted on the training rows.
+    """A cold-start CQL with the original pipeline's hyperparameters and scalers fitted on the training rows.
 
     `normalize=False` (the original `--no_normalize`) feeds the raw state features to the networks."""
     import d3rlpy
@@ -251,11 +252,14 @@ def run_cycle(
         logging_mean=logging_model.mean if steps_from_logger and logging_model is not None else None,
         seed=tc.seed,
     )
-    report = decision.report
-    report["policy"] = {
-        "q_value_mean": float(np.mean(algo.predict_value(holdout.states[:4096], algo.predict(holdout.states[:4096])))),
-        "losses": losses,
-    }
+    report = decision.report.with_extras(
+        policy={
+            "q_value_mean": float(
+                np.mean(algo.predict_value(holdout.states[:4096], algo.predict(holdout.states[:4096])))
+            ),
+            "losses": losses,
+        }
+    )
 
     manifest = {
         "parent": parent,
@@ -274,7 +278,7 @@ def run_cycle(
         "config": {"model": cfg.model.__dict__, "exploration": cfg.exploration.__dict__, "trainer": tc.__dict__},
         "exploration": {"family": "dirichlet", "kappa": exploration.kappa, "min_alpha": exploration.min_alpha},
         "device": device,
-        "report": report,
+        "report": report.to_dict(),
     }
     step = decision.step if decision.promote else None
     if step is not None and step < 1.0:
@@ -304,7 +308,7 @@ def run_cycle(
         version = registry.register(files, manifest, who=who)
     if decision.promote:
         how = "" if step is None or step >= 1.0 else f" (serving the {step:g} step from {champion or 'the logger'})"
-        registry.promote(version, reason=f"gate: {decision.report['rule']}{how}", who=who, automatic=True)
+        registry.promote(version, reason=f"gate: {report.rule}{how}", who=who, automatic=True)
     else:
         registry.reject(version, reason=decision.label, who=who)
     registry.retain(tc.keep_last)

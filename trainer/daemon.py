@@ -63,14 +63,14 @@ class Trainer:
         m.cumulative_steps.set(r.cumulative_steps)
         for k, v in r.losses.items():
             m.loss.labels(name=k).set(v)
-        for policy in ("candidate", "champion"):
-            est = (r.report.get(policy) or {}).get("snips_conversion")
-            if est:
-                m.estimate.labels(policy=policy, bound="value").set(est["value"])
-                m.estimate.labels(policy=policy, bound="low").set(est["ci_low"])
-                m.estimate.labels(policy=policy, bound="high").set(est["ci_high"])
-        if r.report.get("difference"):
-            m.delta_lcb.set(r.report["difference"]["lcb"])
+        for policy, evidence in (("candidate", r.report.candidate), ("champion", r.report.champion)):
+            if evidence is not None:
+                est = evidence.snips_conversion
+                m.estimate.labels(policy=policy, bound="value").set(est.value)
+                m.estimate.labels(policy=policy, bound="low").set(est.ci_low)
+                m.estimate.labels(policy=policy, bound="high").set(est.ci_high)
+        if r.report.difference is not None:
+            m.delta_lcb.set(r.report.difference.lcb)
         m.rows.labels(split="train").set(r.train_rows)
         m.rows.labels(split="holdout").set(r.holdout_rows)
         m.rows.labels(split="dropped_non_finite").set(r.dropped_rows)

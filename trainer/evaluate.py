@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from common.buffer import BufferFormatError, open_buffer
 from common.config import RankrlConfig
+from common.gate_report import GateReport
+from common.ope import Estimate
 from deploy.registry import ModelRegistry, RegistryError
 from deploy.serving import load_policy_mean
 from trainer.cycle import (
@@ -89,83 +90,87 @@ def evaluate_models(
         logging_mean=logging_model.mean if from_logger and logging_model is not None else None,
         seed=cfg.trainer.seed,
     )
-    decision.report["models"] = {"candidate": candidate, "champion": champion or "logging policy"}
+    decision.report = decision.report.with_extras(
+        models={"candidate": candidate, "champion": champion or "logging policy"}
+    )
     return decision
 
 
-def _row(name: str, e: dict[str, Any] | None) -> str:
-    if not e:
+def _row(name: str, e: Estimate | None) -> str:
+    if e is None:
         return f"  {name:<28} -"
-    boot = "" if e.get("boot_low") is None else f"   bootstrap [{e['boot_low']:.4f}, {e['boot_high']:.4f}]"
-    return f"  {name:<28} {e['value']:.4f}   95% t [{e['ci_low']:.4f}, {e['ci_high']:.4f}]{boot}"
+    boot = "" if e.boot_low is None else f"   bootstrap [{e.boot_low:.4f}, {e.boot_high:.4f}]"
+    return f"  {name:<28} {e.value:.4f}   95% t [{e.ci_low:.4f}, {e.ci_high:.4f}]{boot}"
 
 
-def format_report(r: dict[str, Any]) -> str:
+def format_report(r: GateReport) -> str:
     lines = [
-        f"decision: {r['decision']}" + (f" ({', '.join(r['reasons'])})" if r["reasons"] else ""),
-        f"rule:     {r['rule']}",
-        f"holdout:  {r['evaluated_rows']} searches, {r['conversions']} conversions, weights {r['weights_source']}",
+        f"decision: {r.decision}" + (f" ({', '.join(r.reasons)})" if r.reasons else ""),
+        f"rule:     {r.rule}",
+        f"holdout:  {r.evaluated_rows} searches, {r.conversions} conversions, weights {r.weights_source}",
     ]
-    if "business" in r:
-        b = r["business"]
+    if r.business is not None:
+        b = r.business
         lines.append(
             f"logged:   conversion {b['conversion_rate']:.4f}  MRR {b['mrr']:.4f}  P@1 {b['precision_at_1']:.4f}  "
             f"P@10 {b['precision_at_10']:.4f}  revenue/search {b['revenue_per_session']:.2f}  "
             f"reward {b['mean_reward']:.3f}"
         )
     lines.append("conversion estimates:")
-    lines.append(_row(f"champion ({r['champion']['policy']}) SNIPS", r["champion"].get("snips_conversion")))
-    if "candidate" in r:
-        lines.append(_row("candidate SNIPS", r["candidate"]["snips_conversion"]))
-        lines.append(_row("candidate IPS", r["candidate"]["ips_conversion"]))
-    if "difference" in r:
-        d = r["difference"]
-        boot = "-" if d["lcb_boot"] is None else f"{d['lcb_boot']:+.5f}"
+    if r.champion is not None:
+        lines.append(_row(f"champion ({r.champion.policy}) SNIPS", r.champion.snips_conversion))
+    if r.candidate is not None:
+        lines.append(_row("candidate SNIPS", r.candidate.snips_conversion))
+        lines.append(_row("candidate IPS", r.candidate.ips_conversion))
+    if r.difference is not None:
+        d = r.difference
+        boot = "-" if d.lcb_boot is None else f"{d.lcb_boot:+.5f}"
         lines.append(
-            f"difference: Δ {d['delta']:+.5f}  LCB {d['lcb']:+.5f} (t {d['lcb_t']:+.5f}, bootstrap {boot})  "
-            f"MDE80 {d['mde80']:.5f}"
+            f"difference: Δ {d.delta:+.5f}  LCB {d.lcb:+.5f} (t {d.lcb_t:+.5f}, bootstrap {boot})  MDE80 {d.mde80:.5f}"
         )
-    if "candidate_weights" in r:
-        w = r["candidate_weights"]
+    if r.candidate_weights is not None:
+        w = r.candidate_weights
         lines.append(
-            f"weights:  ESS {w['ess']:.0f} ({w['ess_fraction']:.1%})  effective conversions "
-            f"{w['effective_conversions']:.0f}  max share {w['max_weight_share']:.4f}  k̂ {w['pareto_k']:.2f}  "
-            f"w̄ {w['mean_weight']:.3f}"
+            f"weights:  ESS {w.ess:.0f} ({w.ess_fraction:.1%})  effective conversions "
+            f"{w.effective_conversions:.0f}  max share {w.max_weight_share:.4f}  k̂ {w.pareto_k:.2f}  "
+            f"w̄ {w.mean_weight:.3f}"
         )
     lines.append("checks:")
-    lines += [f"  {'ok  ' if c['passed'] else 'FAIL'} {c['check']:<32} {c['detail']}" for c in r["checks"]]
+    lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.check:<32} {c.detail}" for c in r.checks]
     return "\n".join(lines)
 
 
-def plot_report(r: dict[str, Any], path: Path) -> None:
+def plot_report(r: GateReport, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("logged", r.get("business", {}).get("conversion_rate"), None, None)]
-    for name, key in (("champion", "champion"), ("candidate", "candidate")):
-        e = (r.get(key) or {}).get("snips_conversion")
-        if e:
-            rows.append((name, e["value"], e["ci_low"], e["ci_high"]))
+    rows: list[tuple[str, float | None, float | None, float | None]] = [
+        ("logged", (r.business or {}).get("conversion_rate"), None, None)
+    ]
+    for name, ev in (("champion", r.champion), ("candidate", r.candidate)):
+        if ev is not None:
+            e = ev.snips_conversion
+            rows.append((name, e.value, e.ci_low, e.ci_high))
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for i, (name, v, lo, hi) in enumerate(rows):
         if v is None:
             continue
         ax.plot([v], [i], "o", color="C0" if name != "candidate" else "C1")
-        if lo is not None:
+        if lo is not None and hi is not None:
             ax.hlines(i, lo, hi, color="C0" if name != "candidate" else "C1", lw=3)
     ax.set_yticks(range(len(rows)), [r_[0] for r_ in rows])
     ax.set_xlabel("conversion rate (SNIPS, 95% interval)")
-    ax.set_title(f"gate: {r['decision']}" + (f" ({', '.join(r['reasons'])[:60]})" if r["reasons"] else ""), fontsize=9)
+    ax.set_title(f"gate: {r.decision}" + (f" ({', '.join(r.reasons)[:60]})" if r.reasons else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_outputs(r: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_outputs(r: GateReport, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     j, p = out_dir / "evaluation_report.json", out_dir / "evaluation.png"
-    j.write_text(json.dumps(r, indent=1, default=float))
+    j.write_text(json.dumps(r.to_dict(), indent=1, default=float))
     plot_report(r, p)
     return j, p

@@ -214,7 +214,7 @@ def fit(opts: FitOptions, cfg: RankrlConfig) -> dict[str, Any]:
         actions[test],
         rewards[test],
         [logs[i] for i in test],
-        DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha),
+        DirichletExploration.from_config(cfg.exploration),
     )
     results.update(
         {

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from common.config import GateConfig, RankrlConfig
 from common.exploration import DirichletExploration
+from common.gate_report import Check, GateReport, PolicyEvidence, StepEvidence
 from common.ope import (
     DirichletBehaviourModel,
     WeightDiagnostics,
@@ -95,12 +96,12 @@ class EvaluationData:
 
 @dataclass
 class GateDecision:
-    """The decision, the rule that produced it, and all its evidence (the report)."""
+    """The decision, the rule that produced it, and all its evidence (the typed report)."""
 
     promote: bool
     reasons: list[str]
     step: float | None  # the shrinkage step promoted (1.0 = the full candidate)
-    report: dict[str, Any] = field(default_factory=dict)
+    report: GateReport
 
     @property
     def label(self) -> str:
@@ -217,21 +218,21 @@ class PromotionGate:
         data, logp, source, model = self._logging_density(data, behaviour_fit)
         n = len(data)
         conv = np.asarray(data.converted, dtype=np.float64)
-        report: dict[str, Any] = {
+        base = {
             "holdout_rows": n_all,
             "evaluated_rows": n,
             "conversions": int(conv.sum()),
             "weights_source": source,
-            "estimator": "snips",
             "alpha": cfg.alpha,
             "margin": cfg.min_lift,
             "exploration": {"kappa": self.exploration.kappa, "min_alpha": self.exploration.min_alpha},
         }
+        extra: dict[str, Any] = {}
         if data.revenue is not None and data.first_purchase_rank is not None:
-            report["business"] = business_metrics(conv, data.first_purchase_rank, data.revenue, data.reward)
+            extra["business"] = business_metrics(conv, data.first_purchase_rank, data.revenue, data.reward)
         checks: list[tuple[str, bool, str]] = []
         if model is not None:
-            report["behaviour_model"] = {"precision": model.precision, "deterministic": model.deterministic}
+            extra["behaviour_model"] = {"precision": model.precision, "deterministic": model.deterministic}
             if model.deterministic:
                 checks.append(("no_overlap", False, f"logged actions look deterministic (κ̂ {model.precision:.0f})"))
         if not np.isfinite(logp).all():
@@ -245,7 +246,7 @@ class PromotionGate:
             )
         )
         if any(name == "no_overlap" for name, _, _ in checks):
-            return self._finish(False, checks, None, report)
+            return self._finish(False, checks, None, base, extra)
 
         champ_mean = None if champion is None else champion(data.states)
         cand_mean_full = candidate(data.states)
@@ -253,14 +254,14 @@ class PromotionGate:
         champion_checks: list[tuple[str, bool, str]] = []
         if champ_mean is not None:
             d0 = weight_diagnostics(w0, conv)
-            report["champion_weights"] = d0.to_dict()
+            extra["champion_weights"] = d0
             champion_checks = self._weight_checks("champion", d0)  # w0 is the same for every step
-        report["champion"] = {
-            "policy": "logging" if champ_mean is None else "champion",
-            "snips_conversion": estimate(conv, w0, "snips").to_dict(),
-            "ips_conversion": estimate(conv, w0, "ips").to_dict(),
-            "snips_reward": estimate(data.reward, w0, "snips").to_dict(),
-        }
+        extra["champion"] = PolicyEvidence(
+            snips_conversion=estimate(conv, w0, "snips"),
+            ips_conversion=estimate(conv, w0, "ips"),
+            snips_reward=estimate(data.reward, w0, "snips"),
+            policy="logging" if champ_mean is None else "champion",
+        )
         base_mean = champ_mean
         if base_mean is None and logging_mean is not None:
             base_mean = logging_mean(data.states)
@@ -268,34 +269,30 @@ class PromotionGate:
             base_mean = model.mean(data.states)
 
         promoted_step = None
-        steps_report = []
+        steps: list[StepEvidence] = []
         step_checks: list[tuple[str, bool, str]] = []
         for t in self.shrinkage_steps:
             if t < 1.0 and base_mean is None:
                 continue
             cand_mean = cand_mean_full if t >= 1.0 else shrink_towards(base_mean, cand_mean_full, t)  # type: ignore[arg-type]
-            res = self._evaluate_step(
-                data, conv, logp, w0, cand_mean, champion_checks, logging_mean, model, rng, bootstrap
+            evidence, step_checks = self._evaluate_step(
+                t, data, conv, logp, w0, cand_mean, champion_checks, logging_mean, model, rng, bootstrap
             )
-            res["step"] = t
-            steps_report.append(res)
-            step_checks = res.pop("_checks")
+            steps.append(evidence)
             if all(ok for _, ok, _ in checks + step_checks):
                 promoted_step = t
             else:
                 break
-        report["steps"] = steps_report
-        # The evidence shown at the top: the promoted step's, else the last step tested (the one that failed).
-        shown = next((r for r in steps_report if r["step"] == promoted_step), steps_report[-1] if steps_report else {})
-        report.update({k: v for k, v in shown.items() if k in ("candidate", "candidate_weights", "difference")})
+        extra["steps"] = tuple(steps)
         if promoted_step is not None:
-            return self._finish(True, checks, promoted_step, report)
-        if cross_checks and steps_report:
-            report["cross_checks"] = self._cross_checks(data, conv, logp, cand_mean_full, seed)
-        return self._finish(False, checks + step_checks, None, report)
+            return self._finish(True, checks, promoted_step, base, extra)
+        if cross_checks and steps:
+            extra["cross_checks"] = self._cross_checks(data, conv, logp, cand_mean_full, seed)
+        return self._finish(False, checks + step_checks, None, base, extra)
 
     def _evaluate_step(
         self,
+        step: float,
         data: EvaluationData,
         conv: np.ndarray,
         logp: np.ndarray,
@@ -306,7 +303,7 @@ class PromotionGate:
         model: DirichletBehaviourModel | None,
         rng: np.random.Generator,
         bootstrap: str,
-    ) -> dict[str, Any]:
+    ) -> tuple[StepEvidence, list[tuple[str, bool, str]]]:
         cfg = self.config
         w1 = np.exp(self.exploration.log_density(data.actions, cand_mean) - logp)
         d1 = weight_diagnostics(w1, conv)
@@ -332,19 +329,14 @@ class PromotionGate:
             )
         )
         boot = self.bootstrap_samples if bootstrap == "always" else 0
-        return {
-            "candidate": {
-                "snips_conversion": estimate(conv, w1, "snips", bootstrap=boot, rng=rng).to_dict(),
-                "ips_conversion": estimate(conv, w1, "ips", bootstrap=boot, rng=rng).to_dict(),
-                "snips_reward": estimate(data.reward, w1, "snips").to_dict(),
-                "ips_reward": estimate(data.reward, w1, "ips").to_dict(),
-                "action_mse_vs_logged": float(((cand_mean - data.actions) ** 2).sum(axis=1).mean()),
-            },
-            "candidate_weights": d1.to_dict(),
-            "support_violation_share": support,
-            "difference": diff.to_dict(),
-            "_checks": checks,
-        }
+        candidate = PolicyEvidence(
+            snips_conversion=estimate(conv, w1, "snips", bootstrap=boot, rng=rng),
+            ips_conversion=estimate(conv, w1, "ips", bootstrap=boot, rng=rng),
+            snips_reward=estimate(data.reward, w1, "snips"),
+            ips_reward=estimate(data.reward, w1, "ips"),
+            action_mse_vs_logged=float(((cand_mean - data.actions) ** 2).sum(axis=1).mean()),
+        )
+        return StepEvidence(step, candidate, d1, diff, support), checks
 
     def _support_violations(
         self,
@@ -373,18 +365,27 @@ class PromotionGate:
         return {"dr_conversion": dr.to_dict()}
 
     def _finish(
-        self, promote: bool, checks: list[tuple[str, bool, str]], step: float | None, report: dict[str, Any]
+        self,
+        promote: bool,
+        checks: list[tuple[str, bool, str]],
+        step: float | None,
+        base: dict[str, Any],
+        extra: dict[str, Any],
     ) -> GateDecision:
         failed = [name for name, ok, _ in checks if not ok]
         reasons = [] if promote else sorted(set(failed), key=failed.index)
-        report["checks"] = [{"check": name, "passed": ok, "detail": detail} for name, ok, detail in checks]
-        report["decision"] = "PROMOTE" if promote else "HOLD"
-        report["reasons"] = reasons
-        report["rule"] = (
-            f"PROMOTE iff the one-sided {1 - self.config.alpha:.0%} lower bound of Δ (paired SNIPS conversion, "
-            f"min of t and bootstrap) > {self.config.min_lift} and every diagnostic passes"
+        report = GateReport(
+            decision="PROMOTE" if promote else "HOLD",
+            reasons=tuple(reasons),
+            rule=(
+                f"PROMOTE iff the one-sided {1 - self.config.alpha:.0%} lower bound of Δ (paired SNIPS conversion, "
+                f"min of t and bootstrap) > {self.config.min_lift} and every diagnostic passes"
+            ),
+            promoted_step=step,
+            checks=tuple(Check(name, bool(ok), detail) for name, ok, detail in checks),
+            **base,
+            **extra,
         )
-        report["promoted_step"] = step
         decision = GateDecision(promote=promote, reasons=reasons, step=step, report=report)
         log.info("gate decision=%s", decision.label)
         return decision
@@ -395,6 +396,6 @@ def build_gate(cfg: RankrlConfig) -> PromotionGate:
     and `rankrl evaluate` both use it, so evaluate decides what the trainer would."""
     return PromotionGate(
         cfg.gate,
-        DirichletExploration(cfg.exploration.kappa, cfg.exploration.min_alpha),
+        DirichletExploration.from_config(cfg.exploration),
         shrinkage_steps=cfg.gate.shrinkage_steps,
     )

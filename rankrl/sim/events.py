@@ -72,7 +72,7 @@ def simulate(
     log_propensity: bool = True,
     batch: int = 10_000,
 ) -> Iterator[tuple[Contexts, np.ndarray, np.ndarray, list[dict]]]:
-    """Yield batches of (contexts, served actions, log-densities, events in the seed schema).
+    """Yield batches of (contexts, served actions, log-densities, events in the original pipeline's schema).
 
     `policy` defaults to the logging policy, served with `exploration` (default Dirichlet, kappa 100);
     `exploration=None` with `policy` given serves the mean deterministically (no propensity logged).

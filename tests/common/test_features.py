@@ -15,7 +15,7 @@ from common.features import (
     extract_state_vector,
 )
 from common.schema import parse_event
-from tests.helpers import seed_event
+from tests.helpers import original_example_event
 
 EXPECTED = {
     "luxury_affinity": 0.7,
@@ -47,7 +47,7 @@ EXPECTED = {
 def test_layout_field_by_field() -> None:
     assert len(STATE_FEATURE_NAMES) == STATE_DIM == 23
     assert list(EXPECTED) == list(STATE_FEATURE_NAMES)
-    ev = seed_event()
+    ev = original_example_event()
     from_dict = extract_state_vector(ev["state"], ev["ranking_metadata"])
     from_event = extract_state_vector(parse_event(orjson.dumps(ev)))
     assert from_dict.dtype == np.float32
@@ -57,7 +57,7 @@ def test_layout_field_by_field() -> None:
 
 
 def test_state_fields_present_win_over_metadata() -> None:
-    ev = seed_event()
+    ev = original_example_event()
     ev["state"]["candidate_features"].update(price_min=5.0, price_max=6.0)
     ev["state"]["session_features"]["query_has_price_terms"] = True
     v = extract_state_vector(parse_event(ev))
@@ -68,14 +68,14 @@ def test_state_fields_present_win_over_metadata() -> None:
 
 
 def test_price_range_falls_back_to_mean_without_prices() -> None:
-    ev = seed_event(ranking_metadata=[])
+    ev = original_example_event(ranking_metadata=[])
     v = extract_state_vector(ev["state"])  # original API: the state dict alone
     names = list(STATE_FEATURE_NAMES)
     assert v[names.index("price_min")] == v[names.index("price_max")] == pytest.approx(120.5)
 
 
 def test_action_vector_normalised_in_order() -> None:
-    ev = seed_event()
+    ev = original_example_event()
     a = extract_action_vector(ev["action"])
     raw = np.array([0.4, 0.6, 0.15, 0.5, 0.5, 0.1, 0.3])
     np.testing.assert_allclose(a, raw / raw.sum(), rtol=1e-6)
@@ -85,7 +85,7 @@ def test_action_vector_normalised_in_order() -> None:
 
 
 def test_batch_matches_single() -> None:
-    events = [parse_event(seed_event(log_id=f"l{i}")) for i in range(5)]
+    events = [parse_event(original_example_event(log_id=f"l{i}")) for i in range(5)]
     states, actions = extract_batch(events)
     assert states.shape == (5, 23) and actions.shape == (5, 7)
     np.testing.assert_array_equal(states[3], extract_state_vector(events[3]))

@@ -6,13 +6,13 @@ import pytest
 
 from common.reward import RewardConfig, compute_reward
 from common.schema import parse_event
-from tests.helpers import seed_event
+from tests.helpers import original_example_event
 
 # position weights 1.0, 0.85, 0.7, 0.55, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05 ; prices 199, 2500, 4000, 80
 
 
 def _both(outcomes: dict, **kw: object) -> tuple[float, float]:
-    ev = seed_event(outcomes=outcomes, **kw)
+    ev = original_example_event(outcomes=outcomes, **kw)
     return compute_reward(ev), compute_reward(parse_event(ev))
 
 
@@ -71,8 +71,8 @@ def test_price_lookup_by_product_id_then_fallback_to_total() -> None:
 
 def test_custom_config() -> None:
     cfg = RewardConfig(position_weights=(2.0,), no_interaction_penalty=-1.0)
-    assert compute_reward(seed_event(outcomes={"user_action": "none"}), cfg) == -1.0
-    ev = seed_event(outcomes={"user_action": "click", "interacted_ranks": [3]})
+    assert compute_reward(original_example_event(outcomes={"user_action": "none"}), cfg) == -1.0
+    ev = original_example_event(outcomes={"user_action": "click", "interacted_ranks": [3]})
     assert compute_reward(ev, cfg) == pytest.approx(2.0 * 0.5)
     with pytest.raises(ValueError, match="position_weights"):
         RewardConfig(position_weights=())

@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from common.schema import InvalidEvent, parse_event
-from tests.helpers import seed_event
+from tests.helpers import original_example_event
 
 
 def _mutate(path: str, value: object) -> dict:
-    ev = seed_event()
+    ev = original_example_event()
     *parents, last = path.split(".")
     node = ev
     for p in parents:
@@ -31,7 +31,7 @@ _DELETE = object()
 
 @pytest.mark.parametrize("form", ["bytes", "str", "dict"])
 def test_valid_event_parses_in_every_form(form: str) -> None:
-    ev = seed_event(propensity=2.5, policy_version="v3", session_id="s1")
+    ev = original_example_event(propensity=2.5, policy_version="v3", session_id="s1")
     raw = {"bytes": orjson.dumps(ev), "str": orjson.dumps(ev).decode(), "dict": ev}[form]
     parsed = parse_event(raw)
     assert parsed.log_id == "log-0001"
@@ -43,7 +43,7 @@ def test_valid_event_parses_in_every_form(form: str) -> None:
 
 
 def test_optional_fields_and_unknown_fields() -> None:
-    ev = seed_event(log_propensity=-3.0, propensity=math.exp(-3.0), something_new={"x": 1})
+    ev = original_example_event(log_propensity=-3.0, propensity=math.exp(-3.0), something_new={"x": 1})
     ev["state"]["candidate_features"]["price_min"] = 10.0
     ev["state"]["session_features"]["query_has_price_terms"] = True
     ev["outcomes"]["interacted_ranks"] = [1, 2]
@@ -88,7 +88,7 @@ def test_invalid_event_names_field_and_log_id(path: str, value: object, reason: 
 
 
 def test_all_zero_action_is_invalid() -> None:
-    ev = seed_event(action={k: 0.0 for k in seed_event()["action"]})
+    ev = original_example_event(action={k: 0.0 for k in original_example_event()["action"]})
     with pytest.raises(InvalidEvent, match="all seven weights are zero") as ei:
         parse_event(orjson.dumps(ev))
     assert ei.value.reason == "out_of_range"
@@ -105,11 +105,11 @@ def test_not_json() -> None:
 
 def test_nan_and_inf() -> None:
     # NaN is not JSON at all; an overflowing literal is a non-finite number; a dict can carry a real NaN.
-    raw = orjson.dumps(seed_event()).replace(b'"luxury_affinity":0.7', b'"luxury_affinity":NaN')
+    raw = orjson.dumps(original_example_event()).replace(b'"luxury_affinity":0.7', b'"luxury_affinity":NaN')
     with pytest.raises(InvalidEvent) as ei:
         parse_event(raw)
     assert ei.value.reason == "not_json"
-    raw = orjson.dumps(seed_event()).replace(b'"price_mean":120.5', b'"price_mean":1e999')
+    raw = orjson.dumps(original_example_event()).replace(b'"price_mean":120.5', b'"price_mean":1e999')
     with pytest.raises(InvalidEvent) as ei:
         parse_event(raw)
     assert (ei.value.reason, ei.value.field) == ("not_finite", "state.candidate_features.price_mean")
@@ -165,7 +165,7 @@ def test_impossible_values_are_rejected_with_their_field(path: str, value: objec
     ],
 )
 def test_contradictory_outcomes_are_inconsistent(action: str, outcomes: dict, field: str) -> None:
-    ev = seed_event()
+    ev = original_example_event()
     ev["outcomes"] = {"user_action": action, "purchased_ranks": [], "purchased_total_value": 0.0, **outcomes}
     with pytest.raises(InvalidEvent) as ei:
         parse_event(orjson.dumps(ev))
@@ -173,23 +173,23 @@ def test_contradictory_outcomes_are_inconsistent(action: str, outcomes: dict, fi
 
 
 def test_deep_nesting_even_in_an_unknown_field_is_a_dead_letter_not_a_crash() -> None:
-    raw = orjson.dumps(seed_event(x="DEEP")).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000)
+    raw = orjson.dumps(original_example_event(x="DEEP")).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000)
     with pytest.raises(InvalidEvent) as ei:
         parse_event(raw)
     assert ei.value.reason == "too_deep"
 
 
 def test_tolerated_forms_are_stored_as_documented() -> None:
-    ev = seed_event()
+    ev = original_example_event()
     assert parse_event(b"\xef\xbb\xbf" + orjson.dumps(ev)).log_id == "log-0001"  # a byte-order mark
     ev["action"] = {k: 1e308 for k in ev["action"]}  # huge but equal weights: only ratios matter
     assert parse_event(orjson.dumps(ev)).action.W_BRAND == 1e308
-    dup = orjson.dumps(seed_event())[:-1] + b',"session_id":"last"}'  # duplicate key: the last one wins
+    dup = orjson.dumps(original_example_event())[:-1] + b',"session_id":"last"}'  # duplicate key: the last one wins
     assert parse_event(dup).session_id == "last"
 
 
 def test_created_at_is_bounded_by_the_clock_it_is_given() -> None:
-    raw = orjson.dumps(seed_event(created_at="2026-11-29T10:00:00Z"))
+    raw = orjson.dumps(original_example_event(created_at="2026-11-29T10:00:00Z"))
     assert parse_event(raw, now=1_795_946_400.0).log_id == "log-0001"
     with pytest.raises(InvalidEvent) as ei:
         parse_event(raw, now=1_795_946_400.0 - 7200)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from common.reward import RewardConfig
 from common.schema import InvalidEvent, parse_event
 from streamer.encode import encode
-from tests.helpers import seed_event
+from tests.helpers import original_example_event
 
 JSON_VALUES = st.recursive(
     st.none()
@@ -39,7 +39,7 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-BASE = seed_event()
+BASE = original_example_event()
 PATHS = _paths(BASE)
 
 

@@ -103,7 +103,7 @@ def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
     cfg = config(buffer_dir, tmp_path / "models")
     r1 = run_cycle(cfg, reg)
     assert r1.parent is None and r1.version == "v0001"
-    assert r1.report["champion"]["policy"] == "logging"  # no champion yet: judged against the logger
+    assert r1.report.champion.policy == "logging"  # no champion yet: judged against the logger
     assert r1.train_rows + r1.holdout_rows == 6000 and r1.holdout_rows == 1800
     m1 = reg.manifest("v0001")
     assert m1["cumulative_steps"] == 40 and set(m1["files"]) == {"model.d3", "policy.pt", "exploration.json"}
@@ -225,7 +225,7 @@ def test_a_promoted_shrunk_step_is_what_serves(buffer_dir: Path, tmp_path: Path)
     assert r.promoted and reg.champion() == r.version
     manifest = reg.manifest(r.version)
     assert manifest["served"] == {"step": 0.25, "towards_from": "logging policy (estimated)"}
-    assert r.report["promoted_step"] == 0.25 and r.report["steps"][0]["step"] == 0.25
+    assert r.report.promoted_step == 0.25 and r.report.steps[0].step == 0.25
     assert "serving the 0.25 step" in reg.history()[-1]["reason"]
     # policy.pt serves the step; candidate_policy.pt is the full candidate; both verified by checksum
     served = ServingPolicy.from_registry(models)
@@ -251,10 +251,10 @@ def test_logs_without_propensities_use_a_behaviour_model_fitted_on_training_rows
     w.seal()
     models = tmp_path / "models"
     r = run_cycle(config(buf, models), ModelRegistry(models))
-    assert r.report["weights_source"] == "estimated"
+    assert r.report.weights_source == "estimated"
     # every holdout row is evaluated: the model was fitted on training rows, not on a slice of the holdout
-    assert r.report["evaluated_rows"] == r.report["holdout_rows"] == r.holdout_rows
-    assert not r.report["behaviour_model"]["deterministic"]
+    assert r.report.evaluated_rows == r.report.holdout_rows == r.holdout_rows
+    assert not r.report.behaviour_model["deterministic"]
 
 
 class _ConstantLossAlgo:
@@ -304,4 +304,4 @@ def test_evaluate_decides_what_the_trainer_decided(buffer_dir: Path, tmp_path: P
     r = run_cycle(cfg, ModelRegistry(tmp_path / "models"))
     d = evaluate_models(cfg, r.version, "logging")  # the cycle had no champion: the logger was its baseline
     assert d.label == r.decision
-    assert d.report["difference"]["lcb"] == pytest.approx(r.report["difference"]["lcb"], abs=1e-9)
+    assert d.report.difference.lcb == pytest.approx(r.report.difference.lcb, abs=1e-9)

@@ -6,11 +6,13 @@ The long sweeps (1,000 replicates per scenario) live in bench/gate_calibration.p
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 from scipy import stats
 
 from common.config import GateConfig
 from common.exploration import DirichletExploration
+from common.gate_report import GateReport
 from common.ope import estimate
 from rankrl.sim import RankingWorld, WorldConfig, logged_holdout, null_move_policy, targeted_policy
 from trainer.gate import EvaluationData, PromotionGate
@@ -64,7 +66,7 @@ def test_identical_candidate_always_holds(world: RankingWorld) -> None:
         dec = gate.evaluate(d, world.logging_policy, champion)
         assert not dec.promote
         # actions are stored as float32, so the density ratio is 1 only to ~1e-7
-        assert dec.report["difference"]["delta"] == pytest.approx(0.0, abs=1e-6)
+        assert dec.report.difference.delta == pytest.approx(0.0, abs=1e-6)
         assert "same_as_champion" in dec.reasons
 
 
@@ -103,15 +105,19 @@ def test_report_carries_the_evidence(world: RankingWorld) -> None:
     d = holdout(world, 20_000, np.random.default_rng(3))
     dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
     r = dec.report
-    for key in ("business", "candidate", "champion", "candidate_weights", "difference", "checks", "rule", "decision"):
-        assert key in r, key
-    assert r["weights_source"] == "logged"
-    assert r["difference"]["lcb_boot"] is not None and r["difference"]["mde80"] > 0
-    assert set(r["business"]) >= {"conversion_rate", "mrr", "precision_at_1", "precision_at_10", "revenue_per_session"}
-    assert r["champion"]["policy"] == "logging"
-    assert r["champion"]["snips_conversion"]["value"] == pytest.approx(d.converted.mean())
+    assert r.business is not None and r.candidate is not None and r.champion is not None and r.checks and r.rule
+    assert r.decision == ("PROMOTE" if dec.promote else "HOLD") and r.label == dec.label
+    assert r.weights_source == "logged"
+    assert r.difference is not None and r.difference.lcb_boot is not None and r.difference.mde80 > 0
+    assert set(r.business) >= {"conversion_rate", "mrr", "precision_at_1", "precision_at_10", "revenue_per_session"}
+    assert r.champion.policy == "logging"
+    assert r.champion.snips_conversion.value == pytest.approx(d.converted.mean())
     if not dec.promote:
-        assert "cross_checks" in r
+        assert r.cross_checks is not None
+    # The manifest form round-trips, and carries the shown step's evidence at the top for people reading it.
+    as_dict = r.to_dict()
+    assert GateReport.from_dict(orjson.loads(orjson.dumps(as_dict))) == r
+    assert as_dict["difference"]["lcb"] == r.difference.lcb
 
 
 def test_small_holdout_holds(world: RankingWorld) -> None:
@@ -147,9 +153,9 @@ def test_estimated_propensities_still_cover(world: RankingWorld) -> None:
         d = holdout(world, 8000, rng)
         d.logging_log_density = np.full(len(d), np.nan)
         dec = gate.evaluate(d, cand, cross_checks=False, seed=r)
-        assert dec.report["weights_source"] == "estimated"
-        est = dec.report["candidate"]["snips_conversion"]
-        covered += est["ci_low"] <= truth <= est["ci_high"]
+        assert dec.report.weights_source == "estimated"
+        est = dec.report.candidate.snips_conversion
+        covered += est.ci_low <= truth <= est.ci_high
     assert covered / reps >= 0.85, covered
 
 
@@ -164,7 +170,7 @@ def test_deterministic_logger_holds_with_no_overlap(world: RankingWorld) -> None
     dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
     assert not dec.promote
     assert dec.reasons[0] == "no_overlap"
-    assert "deterministic" in dec.report["checks"][0]["detail"]
+    assert "deterministic" in dec.report.checks[0].detail
 
 
 @pytest.mark.slow
@@ -174,7 +180,7 @@ def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     d = holdout(world, 100_000, rng)
     gate = PromotionGate(GateConfig(), EX, shrinkage_steps=(0.25, 0.5, 1.0), bootstrap_samples=500)
     dec = gate.evaluate(d, targeted_policy(world, 4.0), logging_mean=world.logging_policy, cross_checks=False)
-    steps = [s["step"] for s in dec.report["steps"]]
+    steps = [s.step for s in dec.report.steps]
     assert steps[0] == 0.25  # smallest first
     assert dec.promote and dec.step in (0.25, 0.5), (steps, dec.reasons)
     assert steps[-1] > dec.step  # stopped at the first failing step
