@@ -26,22 +26,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.buffer import ReplayWindow, open_buffer
 from common.config import RankrlConfig
 from common.exploration import weights_from_actions
 from common.gate_report import GateReport
 from common.ope import DirichletBehaviourModel
 from deploy.registry import ModelRegistry
 from deploy.serving import load_policy_mean, load_torchscript
-from trainer.data import ArraySampler, TrainingArrays
-from trainer.gate import EvaluationData, GateDecision, build_gate
+from trainer.data import (
+    ArraySampler,
+    CycleData,
+    TrainingArrays,
+    evaluation_data,
+    fit_logging_model,
+    load_cycle_data,
+)
+from trainer.gate import GateDecision, build_gate
 from trainer.shrunk import LinearSoftmaxPolicy, export_shrunk_policy
 
 log = logging.getLogger(__name__)
-
-
-class NotEnoughData(RuntimeError):
-    pass
 
 
 class CycleInterrupted(RuntimeError):
@@ -145,46 +147,91 @@ def policy_mean(algo: Any) -> Any:
     return mean
 
 
-def split_holdout(times: np.ndarray, rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Training and holdout row indices: the newest `fraction` of `rows` by event time is the holdout (sorted)."""
-    order = rows[np.argsort(times[rows], kind="stable")]
-    n_hold = max(1, round(len(order) * fraction)) if len(order) else 0
-    return np.sort(order[: len(order) - n_hold]), np.sort(order[len(order) - n_hold :])
+def start_learner(
+    cfg: RankrlConfig, registry: ModelRegistry, train: TrainingArrays, device: str
+) -> tuple[Any, str | None, int]:
+    """(CQL, parent version, cumulative steps before this cycle): warm from the champion's checkpoint (or the
+    latest, by config); with no champion yet from the latest registered one, since a candidate the gate held still
+    holds what was learnt; cold when the registry is empty."""
+    tc = cfg.trainer
+    parent = (registry.champion() if tc.warm_start_from == "champion" else None) or registry.latest()
+    if parent is None:
+        log.info("trainer cold start (no %s yet)", tc.warm_start_from)
+        return new_cql(cfg, train, device, seed=tc.seed), None, 0
+    algo = load_cql(registry.path(parent, "model.d3"), device)
+    steps_before = int(registry.manifest(parent).get("cumulative_steps", 0))
+    algo._grad_step = steps_before  # d3rlpy's .d3 does not store it
+    import d3rlpy
+
+    d3rlpy.seed(tc.seed + steps_before)  # reproducible sampling of the actor's actions in the updates
+    log.info("trainer warm start from=%s cumulative_steps=%d", parent, steps_before)
+    return algo, parent, steps_before
 
 
-def fit_logging_model(states: np.ndarray, actions: np.ndarray) -> DirichletBehaviourModel:
-    """The behaviour (logging) density model, fitted on the newest 50,000 training rows (never the holdout):
-    densities for rows logged without one, and the logger's mean that shrunk steps start from."""
-    k = min(len(states), 50_000)
-    return DirichletBehaviourModel().fit(states[-k:], actions[-k:])
+def gate_candidate(
+    cfg: RankrlConfig, registry: ModelRegistry, algo: Any, data: CycleData
+) -> tuple[GateDecision, str | None, DirichletBehaviourModel | None]:
+    """The gate's decision on the candidate against the champion as served (its policy.pt: a shrunk step is a mix,
+    not its checkpoint's action), or against the logging policy; with the champion and the behaviour model used.
 
-
-def finite_rows(window: ReplayWindow) -> np.ndarray:
-    """Indices of the window's rows whose every training and evaluation value is finite (NaN log-propensity means
-    'not logged' and is allowed). Today's streamer never stores such a row; an older one stored values beyond
-    float32 as inf, and one such row made every cycle fail with NaN losses."""
-    ok = np.ones(window.rows, dtype=bool)
-    for name in ("state", "action", "reward", "revenue", "event_time"):
-        col = window.column(name)
-        ok &= np.isfinite(col).reshape(len(col), -1).all(axis=1)
-    ok &= ~np.isinf(window.column("log_propensity"))
-    return np.flatnonzero(ok)
-
-
-def evaluation_data(window: ReplayWindow, rows: np.ndarray) -> EvaluationData:
-    c = {
-        n: window.column(n)[rows]
-        for n in ("state", "action", "converted", "reward", "log_propensity", "revenue", "first_purchase_rank")
-    }
-    return EvaluationData(
-        states=c["state"],
-        actions=c["action"],
-        converted=c["converted"].astype(bool),
-        reward=c["reward"].astype(np.float64),
-        logging_log_density=c["log_propensity"],
-        revenue=c["revenue"].astype(np.float64),
-        first_purchase_rank=c["first_purchase_rank"],
+    One behaviour model, fitted on the newest training rows (never the holdout), serves two purposes: the density
+    of holdout rows logged without one, and, with no champion, the logger's mean that shrunk steps start from."""
+    gate = build_gate(cfg)
+    holdout = evaluation_data(data.window, data.hold_idx)
+    champion = registry.champion()
+    champ_mean = load_policy_mean(registry.path(champion, "policy.pt")) if champion else None
+    densities_missing = not np.isfinite(holdout.logging_log_density).all()
+    steps_from_logger = champion is None and min(cfg.gate.shrinkage_steps) < 1.0
+    logging_model = None
+    if densities_missing or steps_from_logger:
+        logging_model = fit_logging_model(data.train.states, data.train.actions)
+    decision = gate.evaluate(
+        holdout,
+        policy_mean(algo),
+        champ_mean,
+        behaviour_fit=logging_model if densities_missing else None,
+        logging_mean=logging_model.mean if steps_from_logger and logging_model is not None else None,
+        seed=cfg.trainer.seed,
     )
+    q = algo.predict_value(holdout.states[:4096], algo.predict(holdout.states[:4096]))
+    decision.report = decision.report.with_extras(policy={"q_value_mean": float(np.mean(q))})
+    return decision, champion, logging_model
+
+
+def export_candidate(
+    algo: Any,
+    out: Path,
+    exploration: dict[str, Any],
+    step: float | None,
+    base: torch.nn.Module | None,
+) -> dict[str, Path]:
+    """The version's files: the checkpoint, the served policy (the promoted shrunk step's mix when one is, with the
+    full candidate kept as candidate_policy.pt), the exploration."""
+    algo.save(str(out / "model.d3"))
+    algo.save_policy(str(out / "candidate_policy.pt"))
+    (out / "exploration.json").write_text(json.dumps(exploration))
+    files = {
+        "model.d3": out / "model.d3",
+        "policy.pt": out / "candidate_policy.pt",
+        "exploration.json": out / "exploration.json",
+    }
+    if step is not None and step < 1.0:
+        assert base is not None
+        export_shrunk_policy(base, out / "candidate_policy.pt", step, out / "policy.pt")
+        files["policy.pt"] = out / "policy.pt"
+        files["candidate_policy.pt"] = out / "candidate_policy.pt"
+    return files
+
+
+def shrink_base(
+    registry: ModelRegistry, champion: str | None, logging_model: DirichletBehaviourModel | None
+) -> torch.nn.Module:
+    """What a promoted shrunk step starts from: the champion's served policy, or the estimated logger."""
+    if champion:
+        return load_torchscript(registry.path(champion, "policy.pt"))
+    assert logging_model is not None and logging_model.coef is not None  # fitted: a step < 1 was tested
+    assert logging_model.mu is not None and logging_model.sd is not None
+    return LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)
 
 
 def run_cycle(
@@ -193,75 +240,21 @@ def run_cycle(
     stop: threading.Event | None = None,
     who: str = "trainer",
 ) -> CycleResult:
+    """Load the window, warm-start, train, gate, register; promote or reject. Nothing is registered unless the
+    candidate is complete (files go to a temporary folder first)."""
     t0 = time.perf_counter()
     tc = cfg.trainer
-    buffer = open_buffer(cfg.paths.buffer_dir)
-    window = buffer.load(window=tc.window_s)
-    times = window.column("event_time")
-    usable = finite_rows(window)
-    dropped = int(window.rows - len(usable))
-    if dropped:
-        log.warning(
-            "trainer dropping rows=%d of %d with non-finite values (stored by a rankrl before 0.2's validation)",
-            dropped,
-            window.rows,
-        )
-    train_idx, hold_idx = split_holdout(times, usable, tc.holdout_fraction)
-    if len(train_idx) < tc.min_train_rows:
-        raise NotEnoughData(f"{len(train_idx)} training rows in the window (need {tc.min_train_rows})")
-    train = TrainingArrays.from_window(window, train_idx)
+    data = load_cycle_data(cfg)
     device = resolve_device(tc.device)
-
-    # The champion's checkpoint (or the latest, by config); with no champion yet, the latest registered one:
-    # a candidate the gate held still holds what was learnt.
-    parent = (registry.champion() if tc.warm_start_from == "champion" else None) or registry.latest()
-    if parent is not None:
-        algo = load_cql(registry.path(parent, "model.d3"), device)
-        steps_before = int(registry.manifest(parent).get("cumulative_steps", 0))
-        algo._grad_step = steps_before  # d3rlpy's .d3 does not store it
-        import d3rlpy
-
-        d3rlpy.seed(tc.seed + steps_before)  # reproducible sampling of the actor's actions in the updates
-        log.info("trainer warm start from=%s cumulative_steps=%d", parent, steps_before)
-    else:
-        algo = new_cql(cfg, train, device, seed=tc.seed)
-        steps_before = 0
-        log.info("trainer cold start (no %s yet)", tc.warm_start_from)
-    sampler = ArraySampler(train, seed=tc.seed + steps_before)
+    algo, parent, steps_before = start_learner(cfg, registry, data.train, device)
+    sampler = ArraySampler(data.train, seed=tc.seed + steps_before)
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
 
-    gate = build_gate(cfg)
-    exploration = gate.exploration
-    holdout = evaluation_data(window, hold_idx)
-    champion = registry.champion()
-    # The champion as it is served (its policy.pt: a shrunk step is a mix, not its CQL checkpoint's action).
-    champ_mean = load_policy_mean(registry.path(champion, "policy.pt")) if champion else None
-    # One behaviour model, fitted on the newest training rows (never the holdout), serves two purposes: the
-    # density of holdout rows logged without one, and, with no champion, the logger's mean that shrunk steps
-    # start from (exported with a promoted step).
-    densities_missing = not np.isfinite(holdout.logging_log_density).all()
-    steps_from_logger = champion is None and min(cfg.gate.shrinkage_steps) < 1.0
-    logging_model = None
-    if densities_missing or steps_from_logger:
-        logging_model = fit_logging_model(train.states, train.actions)
-    decision: GateDecision = gate.evaluate(
-        holdout,
-        policy_mean(algo),
-        champ_mean,
-        behaviour_fit=logging_model if densities_missing else None,
-        logging_mean=logging_model.mean if steps_from_logger and logging_model is not None else None,
-        seed=tc.seed,
-    )
-    report = decision.report.with_extras(
-        policy={
-            "q_value_mean": float(
-                np.mean(algo.predict_value(holdout.states[:4096], algo.predict(holdout.states[:4096])))
-            ),
-            "losses": losses,
-        }
-    )
-
-    manifest = {
+    decision, champion, logging_model = gate_candidate(cfg, registry, algo, data)
+    report = decision.report.with_extras(policy={**(decision.report.policy or {}), "losses": losses})
+    step = decision.step if decision.promote else None
+    times, hold = data.times, data.hold_idx
+    manifest: dict[str, Any] = {
         "parent": parent,
         "champion_at_evaluation": champion,
         "cumulative_steps": steps_before + tc.steps_per_cycle,
@@ -269,45 +262,26 @@ def run_cycle(
         "data_window": {
             "start": float(times.min()),
             "end": float(times.max()),
-            "train_rows": len(train_idx),
-            "holdout_rows": len(hold_idx),
-            "holdout_start": float(times[hold_idx].min()) if len(hold_idx) else None,
-            "dropped_non_finite_rows": dropped,
+            "train_rows": len(data.train_idx),
+            "holdout_rows": len(hold),
+            "holdout_start": float(times[hold].min()) if len(hold) else None,
+            "dropped_non_finite_rows": data.dropped_rows,
         },
-        "offsets": buffer.manifest().positions,
+        "offsets": data.buffer.manifest().positions,
         "config": {"model": cfg.model.__dict__, "exploration": cfg.exploration.__dict__, "trainer": tc.__dict__},
-        "exploration": {"family": "dirichlet", "kappa": exploration.kappa, "min_alpha": exploration.min_alpha},
+        "exploration": {"family": "dirichlet", "kappa": cfg.exploration.kappa, "min_alpha": cfg.exploration.min_alpha},
         "device": device,
         "report": report.to_dict(),
     }
-    step = decision.step if decision.promote else None
-    if step is not None and step < 1.0:
+    shrunk = step is not None and step < 1.0
+    if shrunk:
         manifest["served"] = {"step": step, "towards_from": champion or "logging policy (estimated)"}
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        algo.save(str(d / "model.d3"))
-        algo.save_policy(str(d / "candidate_policy.pt"))
-        (d / "exploration.json").write_text(json.dumps(manifest["exploration"]))
-        files = {
-            "model.d3": d / "model.d3",
-            "policy.pt": d / "candidate_policy.pt",
-            "exploration.json": d / "exploration.json",
-        }
-        if step is not None and step < 1.0:
-            # What is served is the promoted step, not the full candidate (kept as candidate_policy.pt).
-            base: torch.nn.Module
-            if champion:
-                base = load_torchscript(registry.path(champion, "policy.pt"))
-            else:
-                assert logging_model is not None and logging_model.coef is not None  # fitted: a step < 1 was tested
-                assert logging_model.mu is not None and logging_model.sd is not None
-                base = LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)
-            export_shrunk_policy(base, d / "candidate_policy.pt", step, d / "policy.pt")
-            files["policy.pt"] = d / "policy.pt"
-            files["candidate_policy.pt"] = d / "candidate_policy.pt"
+        base = shrink_base(registry, champion, logging_model) if shrunk else None
+        files = export_candidate(algo, Path(tmp), manifest["exploration"], step, base)
         version = registry.register(files, manifest, who=who)
     if decision.promote:
-        how = "" if step is None or step >= 1.0 else f" (serving the {step:g} step from {champion or 'the logger'})"
+        how = f" (serving the {step:g} step from {champion or 'the logger'})" if shrunk and step is not None else ""
         registry.promote(version, reason=f"gate: {report.rule}{how}", who=who, automatic=True)
     else:
         registry.reject(version, reason=decision.label, who=who)
@@ -319,12 +293,12 @@ def run_cycle(
         parent=parent,
         decision=decision.label,
         promoted=decision.promote,
-        train_rows=len(train_idx),
-        holdout_rows=len(hold_idx),
+        train_rows=len(data.train_idx),
+        holdout_rows=len(hold),
         steps=tc.steps_per_cycle,
         cumulative_steps=steps_before + tc.steps_per_cycle,
         losses=losses,
         seconds=dt,
         report=report,
-        dropped_rows=dropped,
+        dropped_rows=data.dropped_rows,
     )

@@ -19,7 +19,8 @@ from common.buffer import BufferFormatError
 from common.config import RankrlConfig, describe
 from common.signals import install_stop_handlers
 from deploy.registry import ModelRegistry
-from trainer.cycle import CycleInterrupted, CycleResult, NotEnoughData, run_cycle
+from trainer.cycle import CycleInterrupted, CycleResult, run_cycle
+from trainer.data import NotEnoughData
 from trainer.metrics import RegistryCollector, TrainerMetrics
 
 log = logging.getLogger(__name__)

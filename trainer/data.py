@@ -1,4 +1,9 @@
-"""Feeding d3rlpy from the buffer's arrays: vectorised mini-batches instead of per-search episode objects.
+"""The data a cycle works on: the buffer's window, its split by time, and d3rlpy's mini-batches from its arrays.
+
+`load_cycle_data` drops non-finite rows (loudly) and holds out the newest slice; `evaluation_data` is what the gate
+reads; `fit_logging_model` the behaviour density both the trainer and `rankrl evaluate` fit the same way.
+
+Feeding d3rlpy: vectorised mini-batches instead of per-search episode objects.
 
 d3rlpy's `MDPDataset` builds one Python episode object per one-step search (1M searches: ~5 s and ~3.7x the
 raw bytes) and samples a batch in a Python loop (~3 ms for 256). Here a window is four contiguous arrays and a
@@ -9,12 +14,18 @@ discount never applies (it only would if searches of one session were chained).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from d3rlpy.dataset import TransitionMiniBatch
 
-from common.buffer import ReplayWindow
+from common.buffer import ReplayBuffer, ReplayWindow, open_buffer
+from common.config import RankrlConfig
+from common.ope import DirichletBehaviourModel
+from trainer.gate import EvaluationData
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,3 +80,83 @@ class ArraySampler:
             intervals=ones,
             transitions=[],
         )
+
+
+class NotEnoughData(RuntimeError):
+    pass
+
+
+def split_holdout(times: np.ndarray, rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Training and holdout row indices: the newest `fraction` of `rows` by event time is the holdout (sorted)."""
+    order = rows[np.argsort(times[rows], kind="stable")]
+    n_hold = max(1, round(len(order) * fraction)) if len(order) else 0
+    return np.sort(order[: len(order) - n_hold]), np.sort(order[len(order) - n_hold :])
+
+
+def fit_logging_model(states: np.ndarray, actions: np.ndarray) -> DirichletBehaviourModel:
+    """The behaviour (logging) density model, fitted on the newest 50,000 training rows (never the holdout):
+    densities for rows logged without one, and the logger's mean that shrunk steps start from."""
+    k = min(len(states), 50_000)
+    return DirichletBehaviourModel().fit(states[-k:], actions[-k:])
+
+
+def finite_rows(window: ReplayWindow) -> np.ndarray:
+    """Indices of the window's rows whose every training and evaluation value is finite (NaN log-propensity means
+    'not logged' and is allowed). Today's streamer never stores such a row; an older one stored values beyond
+    float32 as inf, and one such row made every cycle fail with NaN losses."""
+    ok = np.ones(window.rows, dtype=bool)
+    for name in ("state", "action", "reward", "revenue", "event_time"):
+        col = window.column(name)
+        ok &= np.isfinite(col).reshape(len(col), -1).all(axis=1)
+    ok &= ~np.isinf(window.column("log_propensity"))
+    return np.flatnonzero(ok)
+
+
+def evaluation_data(window: ReplayWindow, rows: np.ndarray) -> EvaluationData:
+    c = {
+        n: window.column(n)[rows]
+        for n in ("state", "action", "converted", "reward", "log_propensity", "revenue", "first_purchase_rank")
+    }
+    return EvaluationData(
+        states=c["state"],
+        actions=c["action"],
+        converted=c["converted"].astype(bool),
+        reward=c["reward"].astype(np.float64),
+        logging_log_density=c["log_propensity"],
+        revenue=c["revenue"].astype(np.float64),
+        first_purchase_rank=c["first_purchase_rank"],
+    )
+
+
+@dataclass
+class CycleData:
+    """The window a cycle works on: training rows (older) and holdout rows (the newest slice)."""
+
+    buffer: ReplayBuffer
+    window: ReplayWindow
+    times: np.ndarray
+    train_idx: np.ndarray
+    hold_idx: np.ndarray
+    train: TrainingArrays
+    dropped_rows: int
+
+
+def load_cycle_data(cfg: RankrlConfig) -> CycleData:
+    """The buffer's window, non-finite rows dropped (loudly), split into training and holdout rows by time."""
+    tc = cfg.trainer
+    buffer = open_buffer(cfg.paths.buffer_dir)
+    window = buffer.load(window=tc.window_s)
+    times = window.column("event_time")
+    usable = finite_rows(window)
+    dropped = int(window.rows - len(usable))
+    if dropped:
+        log.warning(
+            "trainer dropping rows=%d of %d with non-finite values (stored by a rankrl before 0.2's validation)",
+            dropped,
+            window.rows,
+        )
+    train_idx, hold_idx = split_holdout(times, usable, tc.holdout_fraction)
+    if len(train_idx) < tc.min_train_rows:
+        raise NotEnoughData(f"{len(train_idx)} training rows in the window (need {tc.min_train_rows})")
+    train = TrainingArrays.from_window(window, train_idx)
+    return CycleData(buffer, window, times, train_idx, hold_idx, train, dropped)

@@ -17,15 +17,8 @@ from common.gate_report import GateReport
 from common.ope import Estimate
 from deploy.registry import ModelRegistry, RegistryError
 from deploy.serving import load_policy_mean
-from trainer.cycle import (
-    evaluation_data,
-    finite_rows,
-    fit_logging_model,
-    load_cql,
-    policy_mean,
-    resolve_device,
-    split_holdout,
-)
+from trainer.cycle import load_cql, policy_mean, resolve_device
+from trainer.data import evaluation_data, finite_rows, fit_logging_model, split_holdout
 from trainer.gate import GateDecision, build_gate
 
 

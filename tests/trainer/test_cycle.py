@@ -21,8 +21,9 @@ from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.sim import RankingWorld, simulate
 from streamer.encode import event_columns
 from streamer.writer import BufferWriter
-from trainer.cycle import ArraySampler, TrainingArrays, load_cql, new_cql, run_cycle, train_steps
+from trainer.cycle import load_cql, new_cql, run_cycle, train_steps
 from trainer.daemon import Trainer
+from trainer.data import ArraySampler, TrainingArrays
 
 pytestmark = pytest.mark.slow
 
