@@ -1,0 +1,57 @@
+"""The daemons: `stream` (the streamer) and `train` (the trainer, or one cycle with --once)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rankrl.commands import add_config_flags, config_from
+
+log = logging.getLogger("rankrl")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("stream", help="run the streamer daemon: source -> validated rows in the replay buffer")
+    add_config_flags(s)
+    s.add_argument("--source", help="kafka://HOST:PORT/TOPIC or file://PATH (a JSONL file or a folder of them)")
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus metrics port, 0 for none (default 9108)")
+    s.add_argument("--group-id", help="Kafka consumer group (default rankrl-streamer)")
+    s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
+    s.set_defaults(func=cmd_stream)
+
+    s = sub.add_parser("train", help="run the trainer daemon: scheduled CQL cycles, gate, registry")
+    add_config_flags(s)
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.add_argument("--once", action="store_true", help="run one cycle now and exit (0 = a candidate was registered)")
+    s.add_argument("--max-cycles", type=int, help="exit after this many cycles")
+    s.set_defaults(func=cmd_train)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Run the streamer daemon until SIGTERM/SIGINT (or until idle with --stop-when-idle)."""
+    from streamer.daemon import run_streamer
+    from streamer.loop import StreamerStopped
+    from streamer.sources import FatalSourceError
+
+    cfg = config_from(
+        args,
+        {
+            "streamer": {"source": args.source, "metrics_port": args.metrics_port, "group_id": args.group_id},
+            "paths": {"buffer_dir": args.buffer},
+        },
+    )
+    try:
+        return run_streamer(cfg, stop_when_idle_s=args.stop_when_idle)
+    except (FatalSourceError, StreamerStopped) as e:
+        log.error("streamer stopped: %s", e)
+        return 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run the trainer daemon (APScheduler), or one cycle with --once."""
+    from trainer.daemon import run_trainer
+
+    cfg = config_from(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
+    return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles)

@@ -1,0 +1,136 @@
+"""The operator's registry commands: `models`, `status`, `promote`, `rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from rankrl.commands import add_config_flags, config_from
+
+log = logging.getLogger("rankrl")
+
+if TYPE_CHECKING:
+    from deploy.registry import ModelRegistry
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for name, func, text in (
+        ("models", cmd_models, "list the registered model versions"),
+        ("status", cmd_status, "champion, last cycle, buffer"),
+    ):
+        s = sub.add_parser(name, help=text)
+        add_config_flags(s)
+        s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+        if name == "status":
+            s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("promote", help="make a version the champion (recorded as a manual promotion)")
+    add_config_flags(s)
+    s.add_argument("version")
+    s.add_argument("--reason", required=True, help="why (kept in the history)")
+    s.add_argument("--force", action="store_true", help="promote a version the gate held")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("rollback", help="make an earlier champion the champion again")
+    add_config_flags(s)
+    s.add_argument("--to", help="version to roll back to (default: the previous champion)")
+    s.add_argument("--reason", required=True, help="why (kept in the history)")
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.set_defaults(func=cmd_rollback)
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    from deploy.registry import ModelRegistry
+
+    cfg = config_from(args, {"paths": {"registry_dir": args.models}})
+    return ModelRegistry(cfg.paths.registry_dir)
+
+
+def _fmt(x: object, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """A table of the registered versions."""
+    from deploy.registry import report_of
+
+    reg = _registry(args)
+    champion = reg.champion()
+    rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
+    for v in reg.versions():
+        m = reg.manifest(v)
+        r = report_of(m)
+        status = "champion" if v == champion else ("pinned" if (reg.root / v / "PINNED").exists() else "")
+        rows.append(
+            (
+                v,
+                m.get("parent") or "-",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created"])),
+                str(m.get("cumulative_steps", "-")),
+                _fmt(None if r is None or r.candidate is None else r.candidate.snips_conversion.value),
+                _fmt(None if r is None or r.difference is None else r.difference.lcb, "+.5f"),
+                "-" if r is None else r.decision + ("" if not r.reasons else ":" + ",".join(r.reasons)[:40]),
+                status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Champion, last cycle and its decision, buffer rows and age."""
+    from common.buffer import BufferFormatError, open_buffer
+    from deploy.registry import report_of
+
+    reg = _registry(args)
+    cfg = config_from(args, {"paths": {"buffer_dir": args.buffer}})
+    print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
+    last = reg.latest()
+    if last:
+        r = report_of(reg.manifest(last))
+        verdict = "-" if r is None else f"{r.decision} {', '.join(r.reasons)}"
+        print(f"last cycle:  {last} -> {verdict}".rstrip())
+    else:
+        print("last cycle:  none yet")
+    try:
+        st = open_buffer(cfg.paths.buffer_dir).stats()
+        age = "-" if st["newest_event_time"] is None else f"{time.time() - st['newest_event_time']:.0f}s"
+        print(
+            f"buffer:      {st['rows']} rows in {st['segments']} segments, {st['bytes'] / 2**20:.1f} MiB, "
+            f"newest event {age} ago"
+        )
+    except BufferFormatError as e:
+        print(f"buffer:      {e}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from deploy.registry import RegistryError
+
+    reg = _registry(args)
+    try:
+        previous = reg.promote(args.version, reason=args.reason, force=args.force)
+    except RegistryError as e:
+        log.error("%s", e)
+        return 1
+    print(f"promoted {args.version} (was {previous or 'none'})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from deploy.registry import RegistryError
+
+    reg = _registry(args)
+    try:
+        previous, to = reg.rollback(reason=args.reason, to=args.to)
+    except RegistryError as e:
+        log.error("%s", e)
+        return 1
+    print(f"rolled back to {to} (was {previous or 'none'})")
+    return 0
