@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
@@ -18,6 +19,8 @@ from tests.conftest import create_topic
 from tests.fuzz_corpus import corpus, oversized
 from tests.kafka_broker import KafkaBroker
 from tests.streamer.test_poison import check_outcome
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def test_fuzz_corpus_through_the_kafka_source(kafka: KafkaBroker, tmp_path: Path) -> None:

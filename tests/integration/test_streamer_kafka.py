@@ -96,12 +96,14 @@ def test_buffer_holds_exactly_the_valid_and_dlq_exactly_the_bad(kafka: KafkaBrok
     mixed, bad = with_bad(valid, seed=1)
     produce(kafka, topic, mixed, partitions=3)
     buf = tmp_path / "buffer"
-    s = build_streamer(config(kafka, topic, buf, kafka.topic("g")), CollectorRegistry(), stop_when_idle_s=3.0)
+    reg = CollectorRegistry()
+    s = build_streamer(config(kafka, topic, buf, kafka.topic("g")), reg, stop_when_idle_s=3.0)
     assert s.run() == 0
     got = stored(buf)
     assert len(got) == len(set(got)) and set(got) == valid_hashes(valid)
-    assert s.metrics.rejected.labels(reason="not_json")._value.get() == 2  # plain text and the NaN record
-    assert s.metrics.rejected.labels(reason="wrong_type")._value.get() == 5
+    rejected = "rankrl_streamer_events_rejected_total"
+    assert reg.get_sample_value(rejected, {"reason": "not_json"}) == 2  # plain text and the NaN record
+    assert reg.get_sample_value(rejected, {"reason": "wrong_type"}) == 5
 
     c = KafkaConsumer(
         topic + ".dlq",
@@ -254,3 +256,51 @@ def test_sasl_scram_login(kafka: KafkaBroker, tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "kafka authentication failed" in r.stderr and "wrong username, password or mechanism" in r.stderr
     assert "wrong-password" not in r.stderr
+
+
+def _committed(broker: KafkaBroker, group: str, topic: str, partitions: int) -> dict[str, int | None]:
+    """The consumer group's committed offsets as the broker has them (read without joining the group)."""
+    from kafka import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {f"kafka:{topic}:{p}": c.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def test_offsets_are_committed_only_after_a_seal_and_equal_the_stored_positions(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """A `commit()` that did nothing passed every other test: read the group's offsets back from the broker."""
+    topic, group = kafka.topic("commit"), kafka.topic("g")
+    create_topic(kafka, topic, partitions=2)
+    buf = tmp_path / "buffer"
+    produce(kafka, topic, simulated(600, seed=4), partitions=2)
+    reg = CollectorRegistry()
+    s = build_streamer(config(kafka, topic, buf, group, max_retry_s=600.0), reg)
+    (buf / "segments").rmdir()
+    (buf / "segments").write_bytes(b"")  # a plain file where the segments folder goes: every seal fails (OSError)
+    t = threading.Thread(target=s.run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while (reg.get_sample_value("rankrl_streamer_errors_total", {"kind": "disk"}) or 0) < 2:
+            assert time.monotonic() < deadline, "the seal never failed"
+            time.sleep(0.2)
+        assert reg.get_sample_value("rankrl_streamer_paused") == 1
+        assert _committed(kafka, group, topic, 2) == {f"kafka:{topic}:0": None, f"kafka:{topic}:1": None}
+
+        (buf / "segments").unlink()
+        (buf / "segments").mkdir()
+        while open_buffer(buf).stats()["rows"] < 600:
+            assert time.monotonic() < deadline, "the streamer did not recover"
+            time.sleep(0.2)
+        stored = open_buffer(buf).manifest().positions
+        assert sum(stored.values()) == 600
+        while _committed(kafka, group, topic, 2) != stored:
+            assert time.monotonic() < deadline, f"committed {_committed(kafka, group, topic, 2)} != stored {stored}"
+            time.sleep(0.2)
+    finally:
+        s.stop()
+        t.join(60)

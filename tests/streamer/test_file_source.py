@@ -103,21 +103,22 @@ def test_follows_appended_lines_and_a_folder(tmp_path: Path) -> None:
     folder.mkdir()
     world = RankingWorld()
     write_jsonl(world, str(folder / "a.jsonl"), 300, seed=1)
-    s = build_streamer(_config(folder, buf), CollectorRegistry())
+    reg = CollectorRegistry()
+    s = build_streamer(_config(folder, buf), reg)
     t = threading.Thread(target=s.run)
     t.start()
     try:
-        wait_for(lambda: s.metrics.appended._value.get() == 300)
+        wait_for(lambda: reg.get_sample_value("rankrl_streamer_events_appended_total") == 300)
         # a torn line (no newline yet) is not consumed until it is complete
         line = orjson.dumps(next(simulate(world, 1, seed=9))[3][0])
         with open(folder / "a.jsonl", "ab") as f:
             f.write(line[:100])
             f.flush()
             time.sleep(1.0)
-            assert s.metrics.appended._value.get() == 300
+            assert reg.get_sample_value("rankrl_streamer_events_appended_total") == 300
             f.write(line[100:] + b"\n")
         write_jsonl(world, str(folder / "b.jsonl"), 200, seed=2)  # a new file in the folder
-        wait_for(lambda: s.metrics.appended._value.get() == 501)
+        wait_for(lambda: reg.get_sample_value("rankrl_streamer_events_appended_total") == 501)
     finally:
         s.stop()
         t.join(30)
@@ -128,7 +129,8 @@ def test_unwritable_buffer_pauses_without_committing_and_recovers(tmp_path: Path
     src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"
     world = RankingWorld()
     write_jsonl(world, str(src), 500, seed=1)
-    s = build_streamer(_config(src, buf, max_retry_s=600.0), CollectorRegistry())
+    reg = CollectorRegistry()
+    s = build_streamer(_config(src, buf, max_retry_s=600.0), reg)
     t = threading.Thread(target=s.run)
     t.start()
     seg = buf / "segments"
@@ -141,13 +143,13 @@ def test_unwritable_buffer_pauses_without_committing_and_recovers(tmp_path: Path
         with open(src, "ab") as f:
             for e in next(simulate(world, 300, seed=2))[3]:
                 f.write(orjson.dumps(e) + b"\n")
-        wait_for(lambda: s.metrics.errors.labels(kind="disk")._value.get() >= 2)
-        assert s.metrics.paused._value.get() == 1
+        wait_for(lambda: reg.get_sample_value("rankrl_streamer_errors_total", {"kind": "disk"}) >= 2)
+        assert reg.get_sample_value("rankrl_streamer_paused") == 1
         assert open_buffer(buf).manifest().positions == position, "positions advanced while the disk failed"
         seg.unlink()
         shutil.move(tmp_path / "segments.saved", seg)
         wait_for(lambda: open_buffer(buf).stats()["rows"] == 800)
-        assert s.metrics.paused._value.get() == 0
+        assert reg.get_sample_value("rankrl_streamer_paused") == 0
     finally:
         s.stop()
         t.join(30)
