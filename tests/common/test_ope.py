@@ -1,4 +1,4 @@
-"""Estimators on hand-made arrays, the Pareto k̂ fit, the behaviour model, and the exploration density."""
+"""Estimators on hand-made arrays, the Pareto k̂ fit, the behaviour model (exploration: test_exploration.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from common.exploration import DirichletExploration, dirichlet_log_density
+from common.exploration import dirichlet_log_density
 from common.ope import (
     DirichletBehaviourModel,
     estimate,
@@ -61,22 +61,6 @@ def test_weight_diagnostics() -> None:
     w[0] = 1000.0
     d = weight_diagnostics(w, np.ones(100))
     assert d.max_weight_share > 0.9 and d.ess < 2
-
-
-def test_dirichlet_density_matches_scipy_and_integrates() -> None:
-    ex = DirichletExploration(kappa=20.0)
-    mean = np.array([[0.3, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1]])
-    alpha = ex.alphas(mean)
-    assert alpha.sum() == pytest.approx(20.0) and alpha.min() >= 1.0
-    a, logp = ex.sample(np.repeat(mean, 5, axis=0), np.random.default_rng(0))
-    for i in range(5):
-        assert logp[i] == pytest.approx(stats.dirichlet.logpdf(a[i], alpha[0]))
-    np.testing.assert_allclose(dirichlet_log_density(a, np.repeat(alpha, 5, axis=0)), logp)
-    # E_b[π̃/p_b] = 1: the exact density ratio has mean one under the logger
-    mean2 = np.array([[0.25, 0.1, 0.15, 0.2, 0.1, 0.1, 0.1]])
-    a, logp = ex.sample(np.repeat(mean, 200_000, axis=0), np.random.default_rng(1))
-    w = np.exp(ex.log_density(a, np.repeat(mean2, len(a), axis=0)) - logp)
-    assert w.mean() == pytest.approx(1.0, abs=0.02)
 
 
 def test_behaviour_model_recovers_a_dirichlet_logger() -> None:

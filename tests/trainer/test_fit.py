@@ -63,9 +63,16 @@ def test_fit_with_every_flag(logs_file: Path, tmp_path: Path) -> None:
     assert {"snips_conversion", "ips_conversion", "weights"} <= set(res["counterfactual"])
     assert {"action_mse", "q_value_mean"} <= set(res["policy_metrics"])
 
-    # --skip_reward_computation uses the logged rewards (from the processed file)
+    computed_mean = res["test_metrics"]["mean_reward"]
+    # --skip_reward_computation uses the logged rewards: logged ones that differ from what would be computed
+    relogged = tmp_path / "relogged.jsonl"
+    with open(relogged, "wb") as f:
+        for line in processed:
+            ev = orjson.loads(line)
+            ev["reward"] = 10.0 * ev["reward"] + 3.0
+            f.write(orjson.dumps(ev) + b"\n")
     r = subprocess.run(
-        fit_cmd(tmp_path / "data" / "processed_logs.jsonl", tmp_path, "--skip_reward_computation"),
+        fit_cmd(relogged, tmp_path, "--skip_reward_computation"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -73,6 +80,9 @@ def test_fit_with_every_flag(logs_file: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    # the same seeded test split: its mean logged reward is the transformed mean, not the computed one
+    assert res["test_metrics"]["mean_reward"] == pytest.approx(10.0 * computed_mean + 3.0, rel=1e-6)
     # --on_bad_line fail stops at the first bad line, naming it
     r = subprocess.run(
         fit_cmd(logs_file, tmp_path, "--on_bad_line", "fail"),
