@@ -64,6 +64,7 @@ class CycleResult:
     seconds: float
     report: GateReport
     dropped_rows: int = 0  # non-finite rows left out of the window
+    train_seconds: float = 0.0  # of `seconds`, spent in the gradient steps (d3rlpy's update and batch sampling)
 
 
 def resolve_device(name: str) -> str:
@@ -248,7 +249,9 @@ def run_cycle(
     device = resolve_device(tc.device)
     algo, parent, steps_before = start_learner(cfg, registry, data.train, device)
     sampler = ArraySampler(data.train, seed=tc.seed + steps_before)
+    trained = time.perf_counter()
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
+    train_seconds = time.perf_counter() - trained
 
     decision, champion, logging_model = gate_candidate(cfg, registry, algo, data)
     report = decision.report.with_extras(policy={**(decision.report.policy or {}), "losses": losses})
@@ -287,7 +290,14 @@ def run_cycle(
         registry.reject(version, reason=decision.label, who=who)
     registry.retain(tc.keep_last)
     dt = time.perf_counter() - t0
-    log.info("trainer cycle version=%s parent=%s decision=%s seconds=%.1f", version, parent, decision.label, dt)
+    log.info(
+        "trainer cycle version=%s parent=%s decision=%s seconds=%.1f training_share=%.2f",
+        version,
+        parent,
+        decision.label,
+        dt,
+        train_seconds / dt,
+    )
     return CycleResult(
         version=version,
         parent=parent,
@@ -301,4 +311,5 @@ def run_cycle(
         seconds=dt,
         report=report,
         dropped_rows=data.dropped_rows,
+        train_seconds=train_seconds,
     )

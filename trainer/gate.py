@@ -203,16 +203,19 @@ class PromotionGate:
         *,
         behaviour_fit: EvaluationData | DirichletBehaviourModel | None = None,
         logging_mean: MeanPolicy | None = None,
-        bootstrap: str = "always",
+        bootstrap: str | None = None,
         cross_checks: bool = True,
         seed: int = 0,
     ) -> GateDecision:
-        """Decide on `candidate` (a mean-weights function). `bootstrap="when_needed"` skips the bootstrap when
-        the t bound already fails (the decision cannot change): for long calibration sweeps.
+        """Decide on `candidate` (a mean-weights function). `bootstrap` (default `gate.bootstrap`): "when_needed"
+        bootstraps Δ only where the t bound clears the margin (the lower bound is min(t, bootstrap), so where t
+        fails the decision is HOLD whatever the bootstrap says) and skips the estimates' percentile intervals;
+        "always" computes every bootstrap for the report.
 
         `behaviour_fit` is used only for rows without a logged density: rows to fit the behaviour model on (never
         the evaluated ones), or a model already fitted on such rows."""
         cfg = self.config
+        bootstrap = bootstrap or cfg.bootstrap
         rng = np.random.default_rng(seed)
         n_all = len(data)
         data, logp, source, model = self._logging_density(data, behaviour_fit)

@@ -103,7 +103,7 @@ def test_clearly_better_candidate_is_promoted(world: RankingWorld) -> None:
 
 def test_report_carries_the_evidence(world: RankingWorld) -> None:
     d = holdout(world, 20_000, np.random.default_rng(3))
-    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0))
+    dec = PromotionGate(GateConfig(), EX).evaluate(d, targeted_policy(world, 1.0), bootstrap="always")
     r = dec.report
     assert r.business is not None and r.candidate is not None and r.champion is not None and r.checks and r.rule
     assert r.decision == ("PROMOTE" if dec.promote else "HOLD") and r.label == dec.label
@@ -184,3 +184,15 @@ def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     assert steps[0] == 0.25  # smallest first
     assert dec.promote and dec.step in (0.25, 0.5), (steps, dec.reasons)
     assert steps[-1] > dec.step  # stopped at the first failing step
+
+
+def test_bootstrapping_only_when_needed_decides_as_always(world: RankingWorld) -> None:
+    """The bound is min(t, bootstrap): where t fails the bootstrap cannot promote, so skipping it changes nothing."""
+    gate = PromotionGate(GateConfig(), EX, shrinkage_steps=(0.25, 0.5, 1.0))
+    for i, cand in enumerate([targeted_policy(world, 1.0), targeted_policy(world, -1.0), world.logging_policy]):
+        d = holdout(world, 20_000, np.random.default_rng(40 + i))
+        needed = gate.evaluate(d, cand, logging_mean=world.logging_policy, bootstrap="when_needed", seed=i)
+        always = gate.evaluate(d, cand, logging_mean=world.logging_policy, bootstrap="always", seed=i)
+        assert needed.label == always.label and needed.step == always.step
+        if not needed.promote and needed.report.difference is not None and needed.report.difference.lcb_t <= 0:
+            assert needed.report.difference.lcb_boot is None  # skipped: the t bound already held it

@@ -1,0 +1,239 @@
+"""The learning loop, fast and faithful: how far does the champion walk from the logger towards the best policy?
+
+    python bench/loop.py                                  # 3 seeds, 10 cycles of 150,000 searches, defaults
+    python bench/loop.py --seeds 0 --cycles 4 --searches 50000 --set model.conservative_weight=0.2
+
+Each cycle is what production does, minus JSON and daemons: the current champion (its registry `policy.pt`, with
+its exploration) serves `--searches` searches of the simulator's world; the logged rows (state, served weights,
+their exact log-density, reward, conversion) are appended to a real replay buffer and sealed; then the trainer's
+own `run_cycle` runs on it (window, holdout split, warm start, CQL steps, the gate with its shrunk steps, export,
+register, promote or hold). The champion's *true* conversion comes from the simulator's closed form, with common
+random numbers across cycles.
+
+The ceiling is computed in the same run: the best policy of the trainer's class served with the same exploration,
+found by policy gradient on the closed form (REINFORCE through the Dirichlet density; the ranking is piecewise
+constant in the weights, so there is no pathwise gradient), for a linear-softmax and a 2x64 MLP-softmax policy over
+the standardised state. Per cycle it prints the decision, the champion's true conversion, the candidate's ESS/n and
+the fraction of the way from the logger to the better ceiling; at the end the share of cycle time spent training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from common.config import RankrlConfig, load_config, parse_set_flags
+from common.exploration import DirichletExploration
+from deploy.registry import ModelRegistry
+from deploy.serving import load_policy_mean
+from rankrl.sim import Policy, RankingWorld, WorldConfig, logged_holdout
+from streamer.encode import EVENT_COLUMNS
+from streamer.writer import BufferWriter
+from trainer.cycle import run_cycle
+
+log = logging.getLogger("bench.loop")
+
+
+# ------------------------------------------------------------------------------------------------ the ceiling
+class SoftmaxPolicy(torch.nn.Module):
+    """Mean weights softmax(f(z(s))) over the standardised state; f linear or a 2x64 MLP."""
+
+    def __init__(self, world: RankingWorld, hidden: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(world.state_mean, dtype=torch.float64))
+        self.register_buffer("sd", torch.as_tensor(world.state_std, dtype=torch.float64))
+        if hidden:
+            self.f: torch.nn.Module = torch.nn.Sequential(
+                torch.nn.Linear(23, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                torch.nn.Linear(hidden, 7),
+            ).double()  # fmt: skip
+            last = self.f[-1]
+            torch.nn.init.zeros_(last.weight)
+            with torch.no_grad():
+                last.bias.copy_(torch.as_tensor(world.logging_base))
+        else:  # starts exactly at the logging policy, which is of this class
+            lin = torch.nn.Linear(23, 7).double()
+            with torch.no_grad():
+                lin.weight.copy_(torch.as_tensor(world.logging_w.T))
+                lin.bias.copy_(torch.as_tensor(world.logging_base))
+            self.f = lin
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.f((s - self.mu) / self.sd), dim=-1)
+
+    def as_policy(self) -> Policy:
+        def mean(states: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return self(torch.as_tensor(np.asarray(states, dtype=np.float64))).numpy()
+
+        return mean
+
+
+def fit_ceiling(
+    world: RankingWorld, ex: DirichletExploration, hidden: int, iters: int, batch: int, seed: int
+) -> SoftmaxPolicy:
+    """Maximise E_s E_{a ~ Dir(α(π(s)))} conversion(s, a) by REINFORCE with a per-context leave-one-out baseline."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pol = SoftmaxPolicy(world, hidden)
+    opt = torch.optim.Adam(pol.parameters(), lr=0.02 if not hidden else 0.003)
+    k = 4  # action samples per context
+    for _ in range(iters):
+        ctx = world.contexts(batch, rng)
+        mean = pol(torch.as_tensor(ctx.states, dtype=torch.float64))
+        alpha = ex.min_alpha + (ex.kappa - 7 * ex.min_alpha) * mean
+        dist = torch.distributions.Dirichlet(alpha)
+        a = dist.sample((k,))  # [k, batch, 7]
+        conv = np.stack([world.expected_outcomes(ctx, a[j].numpy())[0] for j in range(k)])  # [k, batch]
+        adv = torch.as_tensor(conv - (conv.sum(0, keepdims=True) - conv) / (k - 1))
+        loss = -(adv * dist.log_prob(a)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return pol
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class CycleRow:
+    cycle: int
+    decision: str
+    version: str | None
+    champion: str | None
+    champion_true: float
+    candidate_true: float
+    ess_fraction: float | None
+    fraction: float
+    cycle_s: float
+    train_s: float
+
+
+def logged_columns(world: RankingWorld, policy: Policy, ex: DirichletExploration, n: int, rng: np.random.Generator,
+                   t0: float, first_id: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Buffer columns of n searches served by `policy` with exploration, as the streamer would store them."""
+    d = logged_holdout(world, world.contexts(n, rng), rng, policy=policy, exploration=ex)
+    return {
+        "state": d["states"].astype(np.float32),
+        "action": d["actions"].astype(np.float32),
+        "reward": d["reward"].astype(np.float32),
+        "converted": d["converted"].astype(np.uint8),
+        "revenue": d["revenue"].astype(np.float32),
+        "first_purchase_rank": d["first_purchase_rank"].astype(np.int16),
+        "log_propensity": d["log_density"].astype(np.float64),
+        "event_time": t0 + np.arange(n, dtype=np.float64) * 0.05,
+        "log_id_hash": np.arange(first_id, first_id + n, dtype=np.uint64),
+    }
+
+
+def run_loop(
+    cfg: RankrlConfig, world: RankingWorld, seed: int, cycles: int, searches: int, truth: int, ceiling: float,
+    logger_true: float, out: Path,
+) -> list[CycleRow]:  # fmt: skip
+    ex = DirichletExploration.from_config(cfg.exploration)
+    buf, models = out / "buffer", out / "models"
+    cfg = load_config(environ={}, base=cfg, cli={"paths": {"buffer_dir": str(buf), "registry_dir": str(models)}})
+    writer = BufferWriter(buf, max_rows=searches + 1)
+    registry = ModelRegistry(models)
+    rng = np.random.default_rng(1000 + seed)
+    t0 = time.time() - cycles * searches * 0.05 - 3600
+    champion_policy: Policy = world.logging_policy
+    rows: list[CycleRow] = []
+    for c in range(1, cycles + 1):
+        cols = logged_columns(world, champion_policy, ex, searches, rng, t0 + (c - 1) * searches * 0.05, c * 10**7)
+        assert set(cols) == set(EVENT_COLUMNS)
+        offsets = list(range((c - 1) * searches, c * searches))
+        writer.append_columns(["sim:0"] * searches, offsets, [o + 1 for o in offsets], cols)
+        writer.seal()
+        started = time.perf_counter()
+        r = run_cycle(cfg, registry)
+        cycle_s = time.perf_counter() - started
+        champion = registry.champion()
+        if champion is not None:
+            champion_policy = load_policy_mean(registry.path(champion, "policy.pt"))
+        candidate = load_policy_mean(registry.path(r.version, "candidate_policy.pt")) if (
+            models / str(r.version) / "candidate_policy.pt").exists() else load_policy_mean(
+            registry.path(r.version, "policy.pt"))  # fmt: skip
+        champ_true = world.true_value(champion_policy, ex, n_contexts=truth, seed=77).conversion
+        cand_true = world.true_value(candidate, ex, n_contexts=truth, seed=77).conversion
+        w = r.report.candidate_weights
+        rows.append(
+            CycleRow(
+                c, r.decision + (f"@{r.report.promoted_step:g}" if r.report.promoted_step else ""), r.version,
+                champion, champ_true, cand_true, None if w is None else w.ess_fraction,
+                (champ_true - logger_true) / (ceiling - logger_true), cycle_s, r.train_seconds,
+            )
+        )  # fmt: skip
+        row = rows[-1]
+        print(
+            f"  seed {seed} cycle {c:>2}  {row.decision[:34]:<34} champion {champion or 'logger':>6} "
+            f"true {100 * champ_true:6.3f}%  candidate {100 * cand_true:6.3f}%  "
+            f"ESS/n {'-' if row.ess_fraction is None else f'{row.ess_fraction:.3f}'}  "
+            f"way {100 * row.fraction:5.1f}%  cycle {cycle_s:5.1f}s (training {100 * row.train_s / cycle_s:3.0f}%)",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--cycles", type=int, default=10)
+    p.add_argument("--searches", type=int, default=150_000, help="searches served per cycle")
+    p.add_argument("--truth-contexts", type=int, default=40_000)
+    p.add_argument("--ceiling-iters", type=int, default=400)
+    p.add_argument("--ceiling-batch", type=int, default=4096)
+    p.add_argument("--set", action="append", default=[], help="section.field=value for the trainer (repeatable)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # TorchScript's deprecation, on every export
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    cfg: RankrlConfig = load_config(environ={}, cli=parse_set_flags(args.set))
+    world = RankingWorld(WorldConfig(n_candidates=100))
+    ex = DirichletExploration.from_config(cfg.exploration)
+    t0 = time.perf_counter()
+    logger_true = world.true_value(world.logging_policy, ex, n_contexts=args.truth_contexts, seed=77).conversion
+    ceilings = {}
+    for name, hidden in (("linear-softmax", 0), ("2x64 MLP-softmax", 64)):
+        pol = fit_ceiling(world, ex, hidden, args.ceiling_iters, args.ceiling_batch, seed=5)
+        ceilings[name] = world.true_value(pol.as_policy(), ex, n_contexts=args.truth_contexts, seed=77).conversion
+    ceiling = max(ceilings.values())
+    print(f"# bench/loop.py {' '.join(sys.argv[1:])}")
+    print(f"# trainer overrides: {args.set or 'none (defaults)'}")
+    print(f"logging policy true conversion {100 * logger_true:.3f}%; ceilings at kappa {ex.kappa:g}: "
+          + ", ".join(f"{k} {100 * v:.3f}%" for k, v in ceilings.items())
+          + f"  ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    finals = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        seed_cfg = load_config(environ={}, base=cfg, cli={"trainer": {"seed": seed}})
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_loop(seed_cfg, world, seed, args.cycles, args.searches, args.truth_contexts, ceiling,
+                            logger_true, Path(tmp))  # fmt: skip
+        worse = [
+            (b.cycle, 100 * (b.champion_true - a.champion_true))
+            for a, b in itertools.pairwise(rows)
+            if b.champion != a.champion and b.champion_true < a.champion_true - 0.0005
+        ]
+        train_share = sum(r.train_s for r in rows) / sum(r.cycle_s for r in rows)
+        finals.append(rows[-1].fraction)
+        print(f"  seed {seed}: final {100 * rows[-1].fraction:.1f}% of the way; promotions truly worse than their "
+              f"predecessor by > 0.05 pp: {worse or 'none'}; time in training {100 * train_share:.0f}%")  # fmt: skip
+    print(f"median over seeds: {100 * float(np.median(finals)):.1f}% of the way from the logger to the ceiling")
+    print(f"({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
