@@ -58,6 +58,9 @@ class ModelConfig:
     tau: float = 0.005
     n_action_samples: int = 10
     hidden_units: tuple[int, ...] = (256, 256)
+    # SAC's entropy temperature inside CQL: its starting value, and how fast it adapts (0 keeps it fixed).
+    initial_temperature: float = 1.0
+    temp_learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         for k in ("actor_learning_rate", "critic_learning_rate", "tau"):
@@ -68,6 +71,8 @@ class ModelConfig:
         _check(self.n_critics >= 1, "model.n_critics", "must be >= 1")
         _check(0.0 <= self.gamma <= 1.0, "model.gamma", "must be in [0, 1]")
         _check(self.n_action_samples >= 1, "model.n_action_samples", "must be >= 1")
+        _check(self.initial_temperature > 0, "model.initial_temperature", "must be > 0")
+        _check(self.temp_learning_rate >= 0, "model.temp_learning_rate", "must be >= 0 (0 keeps the temperature fixed)")
         _check(all(h >= 1 for h in self.hidden_units), "model.hidden_units", "every layer needs >= 1 unit")
 
 

@@ -95,6 +95,8 @@ def new_cql(cfg: RankrlConfig, train: TrainingArrays, device: str, normalize: bo
         tau=m.tau,
         n_critics=m.n_critics,
         n_action_samples=m.n_action_samples,
+        initial_temperature=m.initial_temperature,
+        temp_learning_rate=m.temp_learning_rate,
         actor_encoder_factory=enc,
         critic_encoder_factory=enc,
         observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(mean=mean, std=std) if normalize else None,
