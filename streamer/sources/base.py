@@ -1,0 +1,36 @@
+"""What every source hands the loop: `Record`s with a partition key and a position, behind the `Source` protocol.
+
+Both sources resume from the positions stored in the buffer's manifest, so a restart neither skips nor repeats a
+record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Record:
+    key: str  # source partition key: "kafka:<topic>:<partition>" or "file:<absolute path>"
+    offset: int  # Kafka offset, or byte offset where the line starts
+    next_position: int  # where to resume after this record
+    value: bytes | None  # None: a Kafka record without a value (a tombstone)
+    topic: str = ""
+    partition: int = 0
+    timestamp_ms: int = -1
+    key_bytes: bytes | None = None
+
+
+class Source(Protocol):
+    def poll(self, timeout_s: float) -> list[Record]: ...
+    def commit(self, positions: dict[str, int]) -> bool: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def lag(self) -> dict[str, int]: ...
+    def caught_up(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class FatalSourceError(RuntimeError):
+    """A source error that retrying will not fix (bad credentials, missing topic): the daemon exits."""
