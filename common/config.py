@@ -61,6 +61,8 @@ class ModelConfig:
     # SAC's entropy temperature inside CQL: its starting value, and how fast it adapts (0 keeps it fixed).
     initial_temperature: float = 1.0
     temp_learning_rate: float = 1e-4
+    # Train the critic on rescaled copies of the logged actions (only the weights' ratios matter; trainer/data.py).
+    scale_augmentation: bool = False
 
     def __post_init__(self) -> None:
         for k in ("actor_learning_rate", "critic_learning_rate", "tau"):

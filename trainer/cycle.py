@@ -250,7 +250,7 @@ def run_cycle(
     data = load_cycle_data(cfg)
     device = resolve_device(tc.device)
     algo, parent, steps_before = start_learner(cfg, registry, data.train, device)
-    sampler = ArraySampler(data.train, seed=tc.seed + steps_before)
+    sampler = ArraySampler(data.train, seed=tc.seed + steps_before, scale_augmentation=cfg.model.scale_augmentation)
     trained = time.perf_counter()
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
     train_seconds = time.perf_counter() - trained

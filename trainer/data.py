@@ -54,19 +54,29 @@ class TrainingArrays:
 
 
 class ArraySampler:
-    """Uniform mini-batches of one-step terminal transitions, sampled with one index draw per batch."""
+    """Uniform mini-batches of one-step terminal transitions, sampled with one index draw per batch.
 
-    def __init__(self, data: TrainingArrays, seed: int = 0) -> None:
+    `scale_augmentation`: the ranking, hence every outcome, depends only on the weights' ratios, so a logged row
+    (s, a, r) is as true at (s, c·a, r) for any c > 0. Logged actions lie on the simplex while the actor proposes
+    points anywhere in the [0, 1]^7 box; rescaling each sampled action so that its largest weight is uniform in
+    [0.05, 1] shows the critic the rays through the box the actor moves along, instead of asking it about actions
+    it never saw."""
+
+    def __init__(self, data: TrainingArrays, seed: int = 0, scale_augmentation: bool = False) -> None:
         if len(data) == 0:
             raise ValueError("no rows to train on")
         self.data = data
         self.rng = np.random.default_rng(seed)
+        self.scale_augmentation = scale_augmentation
         self._ones: dict[int, np.ndarray] = {}
 
     def sample(self, batch_size: int) -> TransitionMiniBatch:
         idx = self.rng.integers(0, len(self.data), batch_size)
         obs = self.data.states[idx]
         act = self.data.actions[idx]
+        if self.scale_augmentation:
+            top = np.maximum(act.max(axis=1, keepdims=True), 1e-6)
+            act = (act * (self.rng.uniform(0.05, 1.0, (batch_size, 1)) / top)).astype(np.float32)
         ones = self._ones.get(batch_size)
         if ones is None:
             ones = self._ones[batch_size] = np.ones((batch_size, 1), dtype=np.float32)
