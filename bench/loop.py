@@ -40,7 +40,7 @@ from common.config import RankrlConfig, load_config, parse_set_flags
 from common.exploration import DirichletExploration
 from deploy.registry import ModelRegistry
 from deploy.serving import load_policy_mean
-from rankrl.sim import Policy, RankingWorld, WorldConfig, logged_holdout
+from rankrl.sim import Policy, RankingWorld, WorldConfig, buffer_columns
 from streamer.encode import EVENT_COLUMNS
 from streamer.writer import BufferWriter
 from trainer.cycle import run_cycle
@@ -123,23 +123,6 @@ class CycleRow:
     train_s: float
 
 
-def logged_columns(world: RankingWorld, policy: Policy, ex: DirichletExploration, n: int, rng: np.random.Generator,
-                   t0: float, first_id: int) -> dict[str, np.ndarray]:  # fmt: skip
-    """Buffer columns of n searches served by `policy` with exploration, as the streamer would store them."""
-    d = logged_holdout(world, world.contexts(n, rng), rng, policy=policy, exploration=ex)
-    return {
-        "state": d["states"].astype(np.float32),
-        "action": d["actions"].astype(np.float32),
-        "reward": d["reward"].astype(np.float32),
-        "converted": d["converted"].astype(np.uint8),
-        "revenue": d["revenue"].astype(np.float32),
-        "first_purchase_rank": d["first_purchase_rank"].astype(np.int16),
-        "log_propensity": d["log_density"].astype(np.float64),
-        "event_time": t0 + np.arange(n, dtype=np.float64) * 0.05,
-        "log_id_hash": np.arange(first_id, first_id + n, dtype=np.uint64),
-    }
-
-
 def run_loop(
     cfg: RankrlConfig, world: RankingWorld, seed: int, cycles: int, searches: int, truth: int, ceiling: float,
     logger_true: float, out: Path,
@@ -154,7 +137,7 @@ def run_loop(
     champion_policy: Policy = world.logging_policy
     rows: list[CycleRow] = []
     for c in range(1, cycles + 1):
-        cols = logged_columns(world, champion_policy, ex, searches, rng, t0 + (c - 1) * searches * 0.05, c * 10**7)
+        cols = buffer_columns(world, champion_policy, ex, searches, rng, t0 + (c - 1) * searches * 0.05, c * 10**7)
         assert set(cols) == set(EVENT_COLUMNS)
         offsets = list(range((c - 1) * searches, c * searches))
         writer.append_columns(["sim:0"] * searches, offsets, [o + 1 for o in offsets], cols)

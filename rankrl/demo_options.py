@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.config import ExplorationConfig
+from common.config import ExplorationConfig, TrainerConfig
 
 if TYPE_CHECKING:
     from rankrl.sim import RankingWorld
@@ -20,7 +20,7 @@ class DemoOptions:
     history: int = 200_000  # logged searches before rankrl starts (about 3 h of traffic at 20/s)
     rate: float = 400.0  # live searches per second
     interval_minutes: float = 1.0  # trainer schedule
-    steps_per_cycle: int = 300
+    steps_per_cycle: int = TrainerConfig.steps_per_cycle
     holdout_fraction: float = 0.5
     kappa: float = ExplorationConfig.kappa
     n_candidates: int = 100  # candidates per search (the top 10 are shown)

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from common.config import RankrlConfig
+from common.config import ModelConfig, RankrlConfig
 from common.exploration import DirichletExploration, weights_from_actions
 from common.features import extract_batch
 from common.ope import estimate, paired_difference, weight_diagnostics
@@ -38,6 +38,18 @@ from trainer.cycle import load_cql, new_cql, resolve_device
 from trainer.data import ArraySampler, TrainingArrays
 
 log = logging.getLogger(__name__)
+
+# `rankrl fit` is the original train.py: its CQL keeps that pipeline's settings (d3rlpy's defaults with
+# conservative weight 5 and 256x256 networks), whatever the continuous trainer's defaults become.
+ORIGINAL_PIPELINE = RankrlConfig(
+    model=ModelConfig(
+        conservative_weight=5.0,
+        hidden_units=(256, 256),
+        initial_temperature=1.0,
+        temp_learning_rate=1e-4,
+        scale_augmentation=False,
+    )
+)
 
 
 class BadLogLine(ValueError):

@@ -15,12 +15,17 @@ import argparse
 from common.config import RankrlConfig, load_config, parse_set_flags
 
 
-def config_from(args: argparse.Namespace, extra: dict[str, dict[str, object]] | None = None) -> RankrlConfig:
-    """TOML file (--config), then RANKRL_* environment, then --set flags and the subcommand's own flags."""
+def config_from(
+    args: argparse.Namespace,
+    extra: dict[str, dict[str, object]] | None = None,
+    base: RankrlConfig | None = None,
+) -> RankrlConfig:
+    """`base` (default: the defaults), then the TOML file (--config), then RANKRL_* environment, then --set flags
+    and the subcommand's own flags."""
     cli: dict[str, dict[str, object]] = dict(parse_set_flags(getattr(args, "set", None) or []))
     for section, values in (extra or {}).items():
         cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    cfg: RankrlConfig = load_config(getattr(args, "config", None), cli=cli)
+    cfg: RankrlConfig = load_config(getattr(args, "config", None), cli=cli, base=base)
     return cfg
 
 

@@ -103,7 +103,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """The original train.py: train CQL once from a JSONL file and evaluate it on a test split."""
-    from trainer.fit import BadLogLine, FitOptions, fit
+    from trainer.fit import ORIGINAL_PIPELINE, BadLogLine, FitOptions, fit
 
     model = {
         "batch_size": args.batch_size,
@@ -112,7 +112,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "conservative_weight": args.conservative_weight,
         "n_epochs": args.epochs,
     }
-    cfg = config_from(args, {"model": model})
+    cfg = config_from(args, {"model": model}, base=ORIGINAL_PIPELINE)
     opts = FitOptions(
         input_logs=args.input_logs,
         output_model=args.output_model,

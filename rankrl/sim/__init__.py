@@ -7,7 +7,7 @@ Used by the demo, the benchmarks and the tests, never by the daemons:
     events.py    logged events in the exact schema (JSON) or as arrays, with the logging propensity
 """
 
-from rankrl.sim.events import logged_holdout, simulate, write_jsonl
+from rankrl.sim.events import buffer_columns, logged_holdout, simulate, write_jsonl
 from rankrl.sim.policies import null_move_policy, personalised_policy, targeted_policy
 from rankrl.sim.world import Contexts, Policy, RankingWorld, Value, WorldConfig
 
@@ -17,6 +17,7 @@ __all__ = [
     "RankingWorld",
     "Value",
     "WorldConfig",
+    "buffer_columns",
     "logged_holdout",
     "null_move_policy",
     "personalised_policy",

@@ -183,3 +183,22 @@ def write_jsonl(world: RankingWorld, path: str, n: int, seed: int, **kwargs: obj
             f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
             written += len(events)
     return written
+
+
+def buffer_columns(world: RankingWorld, policy: Policy, ex: DirichletExploration, n: int, rng: np.random.Generator,
+                   t0: float, first_id: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Buffer columns of n searches served by `policy` with exploration, as the streamer would store them (every
+    column but the source partition and offset), stamped from `t0` at 20 a second with log-id hashes from
+    `first_id`: the loop benchmark and the learning test feed the trainer's real cycle with them."""
+    d = logged_holdout(world, world.contexts(n, rng), rng, policy=policy, exploration=ex)
+    return {
+        "state": d["states"].astype(np.float32),
+        "action": d["actions"].astype(np.float32),
+        "reward": d["reward"].astype(np.float32),
+        "converted": d["converted"].astype(np.uint8),
+        "revenue": d["revenue"].astype(np.float32),
+        "first_purchase_rank": d["first_purchase_rank"].astype(np.int16),
+        "log_propensity": d["log_density"].astype(np.float64),
+        "event_time": t0 + np.arange(n, dtype=np.float64) * 0.05,
+        "log_id_hash": np.arange(first_id, first_id + n, dtype=np.uint64),
+    }

@@ -9,9 +9,15 @@ import pytest
 from common.config import ConfigError, RankrlConfig, describe, load_config, parse_set_flags
 
 
-def test_seed_defaults() -> None:
+def test_model_defaults() -> None:
     m = RankrlConfig().model
-    assert (m.actor_learning_rate, m.critic_learning_rate, m.conservative_weight) == (3e-4, 3e-4, 5.0)
+    assert (m.actor_learning_rate, m.critic_learning_rate, m.conservative_weight) == (3e-4, 3e-4, 0.05)
+    assert (m.hidden_units, m.initial_temperature, m.temp_learning_rate, m.scale_augmentation) == (
+        (64, 64),
+        0.01,
+        0,
+        True,
+    )
     assert (m.batch_size, m.n_epochs, m.n_critics, m.gamma, m.tau, m.n_action_samples) == (
         256,
         100,
@@ -102,3 +108,15 @@ def test_a_bad_kafka_source_is_a_config_error(source: str) -> None:
     with pytest.raises(ConfigError, match=r"streamer\.source"):
         load_config(environ={}, cli={"streamer": {"source": source}})
     load_config(environ={}, cli={"streamer": {"source": "kafka://a:9092,b:9093/search-logs"}})
+
+
+def test_fit_keeps_the_original_pipelines_cql() -> None:
+    from trainer.fit import ORIGINAL_PIPELINE
+
+    m = ORIGINAL_PIPELINE.model
+    assert (m.conservative_weight, m.hidden_units, m.initial_temperature, m.scale_augmentation) == (
+        5.0,
+        (256, 256),
+        1.0,
+        False,
+    )
