@@ -39,15 +39,12 @@ def fit_cmd(logs: Path, tmp: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def run_fit(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_fit_with_every_flag(logs_file: Path, tmp_path: Path) -> None:
-    r = subprocess.run(
-        fit_cmd(logs_file, tmp_path, "--save_processed_logs", "--no_normalize"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    r = run_fit(fit_cmd(logs_file, tmp_path, "--save_processed_logs", "--no_normalize"), tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "cql.d3").stat().st_size > 0
     log_text = (tmp_path / "fit.log").read_text()
@@ -71,27 +68,13 @@ def test_fit_with_every_flag(logs_file: Path, tmp_path: Path) -> None:
             ev = orjson.loads(line)
             ev["reward"] = 10.0 * ev["reward"] + 3.0
             f.write(orjson.dumps(ev) + b"\n")
-    r = subprocess.run(
-        fit_cmd(relogged, tmp_path, "--skip_reward_computation"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    r = run_fit(fit_cmd(relogged, tmp_path, "--skip_reward_computation"), tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
     # the same seeded test split: its mean logged reward is the transformed mean, not the computed one
     assert res["test_metrics"]["mean_reward"] == pytest.approx(10.0 * computed_mean + 3.0, rel=1e-6)
     # --on_bad_line fail stops at the first bad line, naming it
-    r = subprocess.run(
-        fit_cmd(logs_file, tmp_path, "--on_bad_line", "fail"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    r = run_fit(fit_cmd(logs_file, tmp_path, "--on_bad_line", "fail"), tmp_path)
     assert r.returncode == 1 and "logs.jsonl:2001" in r.stderr
 
 
