@@ -413,6 +413,4 @@ def parse_event(
                 f"log(propensity) = {lp:.6g} contradicts log_propensity = {ev.log_propensity:.6g}",
                 log_id,
             )
-    if ev.propensity is not None and abs(math.log(ev.propensity)) > MAX_ABS_LOG_PROPENSITY:
-        raise InvalidEvent("out_of_range", "propensity", f"{ev.propensity} is outside e^±1000", log_id)
     return ev

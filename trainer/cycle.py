@@ -172,7 +172,7 @@ def start_learner(
 
 
 def gate_candidate(
-    cfg: RankrlConfig, registry: ModelRegistry, algo: Any, data: CycleData
+    cfg: RankrlConfig, registry: ModelRegistry, algo: Any, data: CycleData, losses: dict[str, float]
 ) -> tuple[GateDecision, str | None, DirichletBehaviourModel | None]:
     """The gate's decision on the candidate against the champion as served (its policy.pt: a shrunk step is a mix,
     not its checkpoint's action), or against the logging policy; with the champion and the behaviour model used.
@@ -197,7 +197,7 @@ def gate_candidate(
         seed=cfg.trainer.seed,
     )
     q = algo.predict_value(holdout.states[:4096], algo.predict(holdout.states[:4096]))
-    decision.report = decision.report.with_extras(policy={"q_value_mean": float(np.mean(q))})
+    decision.report = decision.report.with_extras(policy={"q_value_mean": float(np.mean(q)), "losses": losses})
     return decision, champion, logging_model
 
 
@@ -255,8 +255,8 @@ def run_cycle(
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
     train_seconds = time.perf_counter() - trained
 
-    decision, champion, logging_model = gate_candidate(cfg, registry, algo, data)
-    report = decision.report.with_extras(policy={**(decision.report.policy or {}), "losses": losses})
+    decision, champion, logging_model = gate_candidate(cfg, registry, algo, data, losses)
+    report = decision.report
     step = decision.step if decision.promote else None
     times, hold = data.times, data.hold_idx
     manifest: dict[str, Any] = {
