@@ -121,6 +121,7 @@ class CycleRow:
     fraction: float
     cycle_s: float
     train_s: float
+    phases: dict[str, float]
 
 
 def run_loop(
@@ -154,11 +155,12 @@ def run_loop(
         champ_true = world.true_value(champion_policy, ex, n_contexts=truth, seed=77).conversion
         cand_true = world.true_value(candidate, ex, n_contexts=truth, seed=77).conversion
         w = r.report.candidate_weights
+        diff = r.report.difference
         rows.append(
             CycleRow(
                 c, r.decision + (f"@{r.report.promoted_step:g}" if r.report.promoted_step else ""), r.version,
                 champion, champ_true, cand_true, None if w is None else w.ess_fraction,
-                (champ_true - logger_true) / (ceiling - logger_true), cycle_s, r.train_seconds,
+                (champ_true - logger_true) / (ceiling - logger_true), cycle_s, r.train_seconds, r.phase_seconds or {},
             )
         )  # fmt: skip
         row = rows[-1]
@@ -166,7 +168,10 @@ def run_loop(
             f"  seed {seed} cycle {c:>2}  {row.decision[:34]:<34} champion {champion or 'logger':>6} "
             f"true {100 * champ_true:6.3f}%  candidate {100 * cand_true:6.3f}%  "
             f"ESS/n {'-' if row.ess_fraction is None else f'{row.ess_fraction:.3f}'}  "
-            f"way {100 * row.fraction:5.1f}%  cycle {cycle_s:5.1f}s (training {100 * row.train_s / cycle_s:3.0f}%)",
+            f"Δ̂ {'-' if diff is None else f'{100 * diff.delta:+.3f}±{100 * diff.se:.3f}pp'}  "
+            f"way {100 * row.fraction:5.1f}%  cycle {cycle_s:5.1f}s (training {100 * row.train_s / cycle_s:3.0f}%; "
+            + " ".join(f"{k} {v:.1f}" for k, v in row.phases.items() if k != "train")
+            + ")",
             flush=True,
         )
     return rows

@@ -56,6 +56,7 @@ class PairedDifference:
     ci_high: float
     mde80: float  # smallest Δ detectable with 80% power at this n and noise
     n: int
+    bootstrap_replicates: int = 0  # how many bootstrap replicates gave lcb_boot (fewer when a decision settled early)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,20 +86,35 @@ def snips(r: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
 _ESTIMATORS = {"ips": ips, "snips": snips}
 
 
-def _bootstrap_sums(columns: np.ndarray, b: int, rng: np.random.Generator, chunk: int = 100) -> np.ndarray:
+def _bootstrap_sums(columns: np.ndarray, b: int, rng: np.random.Generator) -> np.ndarray:
     """Column sums [b, k] of columns [n, k] over b resamples of the rows with replacement.
 
-    Each resample's row counts come from one bincount of random row indices (exact multinomial resampling;
-    about 5x faster than drawing Poisson(1) counts with numpy).
+    One replicate at a time: its row counts are one bincount of n random row indices (exact multinomial
+    resampling), multiplied into the columns. A replicate's working set stays in cache; building 100 count rows at
+    once and converting them took 2.7x longer at 450,000 rows (24 s of a cycle's gate for one 2,000-sample
+    bootstrap).
     """
-    n = columns.shape[0]
-    out = np.empty((b, columns.shape[1]))
-    for s in range(0, b, chunk):
-        m = min(chunk, b - s)
-        idx = rng.integers(0, n, size=(m, n)) + (np.arange(m) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
-        out[s : s + m] = counts @ columns
+    n, k = columns.shape
+    cols_t = np.ascontiguousarray(columns.T)
+    out = np.empty((b, k))
+    for i in range(b):
+        out[i] = cols_t @ np.bincount(rng.integers(0, n, size=n), minlength=n)
     return out
+
+
+# Sequential bootstrap for a decision: replicates in rounds, stopped once the count below the margin settles which
+# side of alpha the bootstrap's tail mass lies (each look errs with probability below this).
+SEQUENTIAL_ERROR = 1e-3
+SEQUENTIAL_ROUND = 100
+SEQUENTIAL_MIN = 200
+
+
+def _sequential_settled(below: int, m: int, alpha: float) -> bool:
+    """True when `below` of m replicates at or under the margin is clear evidence that the bootstrap's true tail
+    mass there is under alpha (the bound clears) or over it (it does not)."""
+    return bool(
+        stats.binom.cdf(below, m, alpha) < SEQUENTIAL_ERROR or stats.binom.sf(below - 1, m, alpha) < SEQUENTIAL_ERROR
+    )
 
 
 def estimate(
@@ -131,8 +147,15 @@ def paired_difference(
     estimator: Estimator = "snips",
     bootstrap: int = 2000,
     rng: np.random.Generator | None = None,
+    margin: float | None = None,
 ) -> PairedDifference:
-    """Δ = V(π₁) − V(π₀) on the same rows; w0 ≡ 1 when π₀ is the logging policy (its plain observed mean)."""
+    """Δ = V(π₁) − V(π₀) on the same rows; w0 ≡ 1 when π₀ is the logging policy (its plain observed mean).
+
+    With `margin`, the bootstrap serves a decision (is its α-quantile above the margin?) and stops early: at least
+    200 replicates, then rounds of 100 up to `bootstrap`, until the number of replicates at or below the margin
+    settles which side of α the bootstrap's tail mass lies (a binomial test at error 1e-3 per look). Clear cases
+    stop at 200 (10x less work); a case near the boundary runs all `bootstrap`. `bootstrap_replicates` says how
+    many ran."""
     r = np.asarray(r, dtype=np.float64)
     w1 = np.asarray(w1, dtype=np.float64)
     w0 = np.asarray(w0, dtype=np.float64)
@@ -145,13 +168,24 @@ def paired_difference(
     t = float(stats.t.ppf(1 - alpha, df=max(n - 1, 1)))
     lcb_t = delta - t * se
     lcb_boot = None
+    replicates = 0
     if bootstrap:
         cols = np.stack([w1 * r, w1, w0 * r, w0, np.ones(n)], axis=1)
-        sums = _bootstrap_sums(cols, bootstrap, rng or np.random.default_rng(0))
-        if estimator == "snips":
-            reps = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+        rng = rng or np.random.default_rng(0)
+
+        def replicate(b: int) -> np.ndarray:
+            sums = _bootstrap_sums(cols, b, rng)
+            if estimator == "snips":
+                return sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+            return (sums[:, 0] - sums[:, 2]) / sums[:, 4]
+
+        if margin is None:
+            reps = replicate(bootstrap)
         else:
-            reps = (sums[:, 0] - sums[:, 2]) / sums[:, 4]
+            reps = replicate(min(SEQUENTIAL_MIN, bootstrap))
+            while len(reps) < bootstrap and not _sequential_settled(int((reps <= margin).sum()), len(reps), alpha):
+                reps = np.concatenate([reps, replicate(min(SEQUENTIAL_ROUND, bootstrap - len(reps)))])
+        replicates = len(reps)
         lcb_boot = float(np.quantile(reps, alpha))
     z = stats.norm.ppf
     return PairedDifference(
@@ -164,6 +198,7 @@ def paired_difference(
         ci_high=float(delta + t * se),
         mde80=float((z(1 - alpha) + z(0.8)) * se),
         n=n,
+        bootstrap_replicates=replicates,
     )
 
 

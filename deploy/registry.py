@@ -2,7 +2,8 @@
 
     models/
       v0001/  model.d3 (d3rlpy checkpoint: weights, optimizer state, scalers, config)
-              policy.pt (TorchScript policy for serving), exploration.json, manifest.json
+              policy.pt (TorchScript policy for serving), policy.onnx (the same served mean, portable),
+              exploration.json, manifest.json
       v0002/  …
       champion            {"version": "v0002", "since": …}   replaced atomically
       history.jsonl       one line per register / promote / rollback / reject: who, when, why, evidence

@@ -30,6 +30,7 @@ from common.config import RankrlConfig
 from common.exploration import weights_from_actions
 from common.gate_report import GateReport
 from common.ope import DirichletBehaviourModel
+from deploy.portable import export_onnx
 from deploy.registry import ModelRegistry
 from deploy.serving import load_policy_mean, load_torchscript
 from trainer.data import (
@@ -65,6 +66,8 @@ class CycleResult:
     report: GateReport
     dropped_rows: int = 0  # non-finite rows left out of the window
     train_seconds: float = 0.0  # of `seconds`, spent in the gradient steps (d3rlpy's update and batch sampling)
+    # where `seconds` went: load (window, split), start (warm or cold start), train, gate, export (files, register)
+    phase_seconds: dict[str, float] | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -209,7 +212,7 @@ def export_candidate(
     base: torch.nn.Module | None,
 ) -> dict[str, Path]:
     """The version's files: the checkpoint, the served policy (the promoted shrunk step's mix when one is, with the
-    full candidate kept as candidate_policy.pt), the exploration."""
+    full candidate kept as candidate_policy.pt), the same served mean as ONNX, the exploration."""
     algo.save(str(out / "model.d3"))
     algo.save_policy(str(out / "candidate_policy.pt"))
     (out / "exploration.json").write_text(json.dumps(exploration))
@@ -223,6 +226,7 @@ def export_candidate(
         export_shrunk_policy(base, out / "candidate_policy.pt", step, out / "policy.pt")
         files["policy.pt"] = out / "policy.pt"
         files["candidate_policy.pt"] = out / "candidate_policy.pt"
+    files["policy.onnx"] = export_onnx(files["policy.pt"], out / "policy.onnx")  # what serves, for any language
     return files
 
 
@@ -246,16 +250,27 @@ def run_cycle(
     """Load the window, warm-start, train, gate, register; promote or reject. Nothing is registered unless the
     candidate is complete (files go to a temporary folder first)."""
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+    mark = t0
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = now - mark
+        mark = now
+
     tc = cfg.trainer
     data = load_cycle_data(cfg)
+    lap("load")
     device = resolve_device(tc.device)
     algo, parent, steps_before = start_learner(cfg, registry, data.train, device)
     sampler = ArraySampler(data.train, seed=tc.seed + steps_before, scale_augmentation=cfg.model.scale_augmentation)
-    trained = time.perf_counter()
+    lap("start")
     losses = train_steps(algo, sampler, tc.steps_per_cycle, tc.steps_per_epoch, stop)
-    train_seconds = time.perf_counter() - trained
+    lap("train")
 
     decision, champion, logging_model = gate_candidate(cfg, registry, algo, data, losses)
+    lap("gate")
     report = decision.report
     step = decision.step if decision.promote else None
     times, hold = data.times, data.hold_idx
@@ -291,14 +306,17 @@ def run_cycle(
     else:
         registry.reject(version, reason=decision.label, who=who)
     registry.retain(tc.keep_last)
+    lap("export")
     dt = time.perf_counter() - t0
+    train_seconds = phases["train"]
     log.info(
-        "trainer cycle version=%s parent=%s decision=%s seconds=%.1f training_share=%.2f",
+        "trainer cycle version=%s parent=%s decision=%s seconds=%.1f training_share=%.2f %s",
         version,
         parent,
         decision.label,
         dt,
         train_seconds / dt,
+        " ".join(f"{k}_s={v:.1f}" for k, v in phases.items()),
     )
     return CycleResult(
         version=version,
@@ -314,4 +332,5 @@ def run_cycle(
         report=report,
         dropped_rows=data.dropped_rows,
         train_seconds=train_seconds,
+        phase_seconds=phases,
     )

@@ -321,7 +321,14 @@ class PromotionGate:
         diff = paired_difference(conv, w1, w0, alpha=cfg.alpha, estimator="snips", bootstrap=0)
         if self.bootstrap_samples and (bootstrap == "always" or diff.lcb_t > cfg.min_lift):
             diff = paired_difference(
-                conv, w1, w0, alpha=cfg.alpha, estimator="snips", bootstrap=self.bootstrap_samples, rng=rng
+                conv,
+                w1,
+                w0,
+                alpha=cfg.alpha,
+                estimator="snips",
+                bootstrap=self.bootstrap_samples,
+                rng=rng,
+                margin=cfg.min_lift if bootstrap == "when_needed" else None,
             )
         checks.append(
             (

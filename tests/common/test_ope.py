@@ -47,6 +47,26 @@ def test_t_and_bootstrap_agree_on_a_regular_problem() -> None:
     assert e.boot_low == pytest.approx(e.ci_low, abs=0.3 * (e.ci_high - e.ci_low))
 
 
+def test_a_bootstrap_for_a_decision_stops_early_where_it_is_clear_and_decides_as_the_full_one() -> None:
+    """The sequential bootstrap (a margin given) runs 200 replicates where the bound is far from the margin, all of
+    them near it, and lands on the same side of the margin as the 2,000-replicate bootstrap."""
+    rng = np.random.default_rng(4)
+    n = 20_000
+    r = (rng.random(n) < 0.1).astype(float)
+    w1 = rng.lognormal(-0.02, 0.2, n) * (1 + 0.3 * r)  # a real lift
+    full = paired_difference(r, w1, np.ones(n), bootstrap=2000, rng=np.random.default_rng(5))
+    assert full.lcb_boot is not None and full.bootstrap_replicates == 2000
+    for margin, settles_early in ((full.lcb_boot - 10 * full.se, True), (full.lcb_boot + 10 * full.se, True),
+                                  (full.lcb_boot, False)):  # fmt: skip
+        seq = paired_difference(r, w1, np.ones(n), bootstrap=2000, rng=np.random.default_rng(6), margin=margin)
+        assert seq.lcb_boot is not None
+        if settles_early:
+            assert seq.bootstrap_replicates == 200
+            assert (seq.lcb_boot > margin) == (full.lcb_boot > margin)
+        else:
+            assert seq.bootstrap_replicates > 1000
+
+
 @pytest.mark.parametrize("k", [0.2, 0.5, 0.9])
 def test_pareto_k_recovers_a_known_tail(k: float) -> None:
     x = stats.genpareto.rvs(c=k, size=20_000, random_state=np.random.default_rng(3))

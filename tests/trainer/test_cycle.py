@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from common.config import RankrlConfig, load_config
 from common.schema import parse_event
+from deploy.portable import OnnxMean
 from deploy.registry import ModelRegistry
 from deploy.serving import ServingPolicy, load_policy_mean
 from rankrl.sim import RankingWorld, simulate
@@ -107,7 +108,8 @@ def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
     assert r1.report.champion.policy == "logging"  # no champion yet: judged against the logger
     assert r1.train_rows + r1.holdout_rows == 6000 and r1.holdout_rows == 1800
     m1 = reg.manifest("v0001")
-    assert m1["cumulative_steps"] == 40 and set(m1["files"]) == {"model.d3", "policy.pt", "exploration.json"}
+    assert m1["cumulative_steps"] == 40
+    assert set(m1["files"]) == {"model.d3", "policy.pt", "policy.onnx", "exploration.json"}
     assert m1["data_window"]["holdout_start"] >= m1["data_window"]["start"]
     r2 = run_cycle(cfg, reg)
     assert r2.parent == "v0001" and r2.cumulative_steps == 80  # the step count continues across warm starts
@@ -235,6 +237,9 @@ def test_a_promoted_shrunk_step_is_what_serves(buffer_dir: Path, tmp_path: Path)
     step = served.mean(states)
     assert np.allclose(step.sum(axis=1), 1.0)
     assert not np.allclose(step, full, atol=1e-3)
+    # policy.onnx is the served step too (a mix of two networks), run by onnxruntime: what a non-Python engine gets
+    assert "policy.onnx" in manifest["files"]
+    assert np.allclose(OnnxMean(reg.path(r.version, "policy.onnx"))(states), step, atol=1e-5)
     # the next cycle warm-starts from the full checkpoint and gates against the champion as served
     r2 = run_cycle(config(buffer_dir, models, gate={**loose, "min_lift": 1.0}), ModelRegistry(models))
     assert r2.parent == r.version and not r2.promoted
