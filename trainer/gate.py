@@ -119,6 +119,9 @@ def shrink_towards(champion: np.ndarray, candidate: np.ndarray, t: float) -> np.
     return (1.0 - t) * c + t * k
 
 
+CROSS_CHECK_ROWS = 50_000  # holdout rows the doubly robust cross-check of a held candidate uses
+
+
 class PromotionGate:
     """Decides PROMOTE / HOLD for a candidate against the champion (or the logging policy) on holdout rows."""
 
@@ -370,9 +373,17 @@ class PromotionGate:
     def _cross_checks(
         self, data: EvaluationData, conv: np.ndarray, logp: np.ndarray, cand_mean: np.ndarray, seed: int
     ) -> dict[str, Any]:
-        w1 = np.exp(self.exploration.log_density(data.actions, cand_mean) - logp)
-        dr, _ = doubly_robust(data.states, data.actions, conv, w1, cand_mean, self.exploration, seed=seed)
-        return {"dr_conversion": dr.to_dict()}
+        """The doubly robust estimate of a held candidate, for the operator (it never decides), on at most
+        CROSS_CHECK_ROWS random holdout rows: on all 450,000 rows of a late loop cycle it took 28 of the gate's
+        30 seconds."""
+        rows = np.arange(len(data))
+        if len(rows) > CROSS_CHECK_ROWS:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, CROSS_CHECK_ROWS, replace=False))
+        w1 = np.exp(self.exploration.log_density(data.actions[rows], cand_mean[rows]) - logp[rows])
+        dr, _ = doubly_robust(
+            data.states[rows], data.actions[rows], conv[rows], w1, cand_mean[rows], self.exploration, seed=seed
+        )
+        return {"dr_conversion": dr.to_dict(), "rows": len(rows)}
 
     def _finish(
         self,
