@@ -242,6 +242,86 @@ class TrainerConfig:
         _check(self.keep_last >= 0, "trainer.keep_last", "must be >= 0 (the champion and pinned versions stay)")
 
 
+def _check_log_url(url: str, key: str) -> None:
+    if url.startswith("file://"):
+        _check(len(url) > len("file://"), key, "file:// needs a path")
+        return
+    servers, _, topic = url[len("kafka://") :].partition("/") if url.startswith("kafka://") else ("", "", "")
+    ok = (
+        bool(topic)
+        and "/" not in topic
+        and all(h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in servers.split(","))
+    )
+    _check(ok, key, f"expected file://PATH or kafka://HOST:PORT[,HOST:PORT]/TOPIC, got {url!r}")
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """The outcome join (streamer/join.py): with both streams set, the streamer reads decisions and outcomes
+    (what `rankrl serve` logs) instead of streamer.source, and joins them by log_id."""
+
+    decisions: str = ""  # file://PATH or kafka://HOST:PORT/search-decisions; empty: no join
+    outcomes: str = ""  # file://PATH or kafka://HOST:PORT/search-outcomes (same broker as decisions)
+    # The attribution window: outcomes reported within this much event time of the decision count towards it; a
+    # decision with none by then is stored with user_action "none" (the default reward). 10 minutes covers a
+    # search's clicks and most of its purchases; a longer window delays every row by as much.
+    window_s: float = 600.0
+    # How far event time may run out of order (several serving hosts, a slow partition): windows close this much
+    # later, and an outcome waits this long for a decision it has not seen.
+    lateness_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.decisions or self.outcomes)
+
+    def __post_init__(self) -> None:
+        if self.decisions or self.outcomes:
+            _check(bool(self.decisions and self.outcomes), "join", "needs both join.decisions and join.outcomes")
+            _check_log_url(self.decisions, "join.decisions")
+            _check_log_url(self.outcomes, "join.outcomes")
+            kinds = {self.decisions.split("://")[0], self.outcomes.split("://")[0]}
+            _check(len(kinds) == 1, "join", "decisions and outcomes must both be file:// or both kafka://")
+            if kinds == {"kafka"}:
+                servers = {u[len("kafka://") :].partition("/")[0] for u in (self.decisions, self.outcomes)}
+                _check(len(servers) == 1, "join", "decisions and outcomes must be on the same Kafka servers")
+        _check(self.window_s > 0, "join.window_s", "must be > 0")
+        _check(self.lateness_s >= 0, "join.lateness_s", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`rankrl serve`, the decision service: where it listens, where it logs, what it serves before a champion.
+
+    Kafka logs use the [streamer] section's client security settings (security_protocol, sasl_*, ssl_*)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept other hosts (put it behind your load balancer)
+    port: int = 8080
+    decisions: str = "file://data/decisions.jsonl"  # or kafka://HOST:PORT/search-decisions
+    outcomes: str = "file://data/outcomes.jsonl"  # or kafka://HOST:PORT/search-outcomes
+    # The search engine's current fixed weights (ACTION_KEYS order; any positive scale), served with exploration
+    # while the registry has no champion: day one's traffic is randomised around them, so the first candidate can
+    # be evaluated (logs of fixed weights give the gate no overlap). Equal weights unless you set yours.
+    default_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    log_timeout_s: float = 5.0  # a record not durable within this fails its request with 503
+    reload_interval_s: float = 1.0  # how often the champion pointer is checked (a new one serves without restart)
+    metrics_path: str = "/metrics"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "serve.port", "must be in 0..65535 (0 picks a free port)")
+        _check_log_url(self.decisions, "serve.decisions")
+        _check_log_url(self.outcomes, "serve.outcomes")
+        _check(
+            len(self.default_weights) == 7
+            and all(w >= 0 for w in self.default_weights)
+            and max(self.default_weights) > 0,
+            "serve.default_weights",
+            "needs 7 weights >= 0, not all 0 (W_COLLAB_POS, W_COLLAB_NEG, W_TRAIT, W_BRAND, W_WISHLIST, "
+            "W_MARKET_CONV, W_MARKET_DEAL)",
+        )
+        _check(self.log_timeout_s > 0, "serve.log_timeout_s", "must be > 0")
+        _check(self.reload_interval_s > 0, "serve.reload_interval_s", "must be > 0")
+
+
 def resolve_secret(env_name: str, file: str = "", environ: Mapping[str, str] | None = None) -> str | None:
     """A secret from a file (first line) or an environment variable; None when neither is set."""
     if file:
@@ -264,6 +344,18 @@ class RankrlConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     streamer: StreamerConfig = field(default_factory=StreamerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    join: JoinConfig = field(default_factory=JoinConfig)
+
+    def __post_init__(self) -> None:
+        if self.join.enabled:
+            _check(
+                self.join.window_s + self.join.lateness_s < self.streamer.dedup_window_s,
+                "join.window_s",
+                f"window + lateness ({self.join.window_s + self.join.lateness_s:g}s) must stay below "
+                f"streamer.dedup_window_s ({self.streamer.dedup_window_s:g}s): a restart re-reads that much, and "
+                "the buffer's log-id dedup is what keeps the re-read events from being stored twice",
+            )
 
 
 def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:

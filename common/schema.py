@@ -69,6 +69,8 @@ REASONS: tuple[str, ...] = (
     "too_deep",  # JSON nested deeper than the decoder's recursion limit
     "too_large",  # larger than streamer.max_record_bytes; not parsed
     "empty_record",  # a Kafka record without a value (a tombstone)
+    "late_outcome",  # the outcome join: an outcome for a decision whose attribution window had closed
+    "unknown_decision",  # the outcome join: an outcome whose decision never arrived
 )
 
 # Limits of what a stored row may hold. Every number that reaches a float32 buffer column is bounded here, so a
@@ -234,7 +236,7 @@ def _value_at(doc: Any, path: str) -> Any:
     return doc
 
 
-def _from_validation_error(e: msgspec.ValidationError, raw: Any) -> InvalidEvent:
+def from_validation_error(e: msgspec.ValidationError, raw: Any) -> InvalidEvent:
     msg = str(e)
     m = _PATH.search(msg)
     path = m.group("path").lstrip(".") if m else ""
@@ -273,7 +275,7 @@ def _check_ranks(ranks: list[int], field: str, n: int, log_id: str) -> None:
             )
 
 
-def _check_outcomes(out: Outcomes, n: int, log_id: str) -> None:
+def check_outcomes(out: Outcomes, n: int, log_id: str) -> None:
     """Ranks inside the ranking and listed once; no purchase evidence on a search whose deepest action is not a
     purchase, and no interaction at all on one with `none`."""
     if out.purchased_ranks:
@@ -292,20 +294,19 @@ def _check_outcomes(out: Outcomes, n: int, log_id: str) -> None:
         )
 
 
-def _check_time(ev: SearchLogEvent, now: float, max_future_s: float) -> float:
+def check_time(created_at: str | float, log_id: str, now: float, max_future_s: float = MAX_FUTURE_S) -> float:
+    """`created_at` in seconds since the epoch, or InvalidEvent when unparseable, before 2000 or in the future."""
     try:
-        t = ev.event_time
+        t = _timestamp(created_at)
     except (ValueError, OverflowError, OSError):
-        raise InvalidEvent(
-            "wrong_type", "created_at", f"not an ISO-8601 timestamp: {ev.created_at!r}", ev.log_id
-        ) from None
+        raise InvalidEvent("wrong_type", "created_at", f"not an ISO-8601 timestamp: {created_at!r}", log_id) from None
     if not EARLIEST_EVENT_TIME <= t <= now + max_future_s:
-        hint = " (milliseconds given as seconds?)" if t > 1e11 and not isinstance(ev.created_at, str) else ""
+        hint = " (milliseconds given as seconds?)" if t > 1e11 and not isinstance(created_at, str) else ""
         raise InvalidEvent(
             "out_of_range",
             "created_at",
-            f"{ev.created_at!r} is before 2000-01-01 or more than {max_future_s:.0f}s in the future{hint}",
-            ev.log_id,
+            f"{created_at!r} is before 2000-01-01 or more than {max_future_s:.0f}s in the future{hint}",
+            log_id,
         )
     return t
 
@@ -378,7 +379,7 @@ def parse_event(
     try:
         ev = msgspec.convert(raw, SearchLogEvent) if isinstance(raw, dict) else _DECODER.decode(raw)
     except msgspec.ValidationError as e:
-        raise _from_validation_error(e, raw) from None
+        raise from_validation_error(e, raw) from None
     except msgspec.DecodeError as e:
         raise InvalidEvent("not_json", "$", f"not valid JSON: {e}") from None
     except RecursionError:
@@ -388,14 +389,14 @@ def parse_event(
     log_id = ev.log_id
     if not log_id:
         raise InvalidEvent("wrong_type", "log_id", "must be a non-empty string")
-    _check_time(ev, time.time() if now is None else now, max_future_s)
+    check_time(ev.created_at, log_id, time.time() if now is None else now, max_future_s)
     if from_dict:
         # JSON text cannot carry NaN or inf through msgspec (NaN is malformed, 1e999 is out of range);
         # a dict built in Python can.
         _check_finite(ev)
     if max(ev.action.weights()) <= 0.0:
         raise InvalidEvent("out_of_range", "action", "all seven weights are zero: the ranking is undefined", log_id)
-    _check_outcomes(ev.outcomes, len(ev.ranking), log_id)
+    check_outcomes(ev.outcomes, len(ev.ranking), log_id)
     c = ev.state.candidate_features
     if c.price_min is not None and c.price_max is not None and c.price_min > c.price_max:
         raise InvalidEvent(

@@ -27,48 +27,94 @@ from deploy.registry import ModelRegistry, RegistryError
 log = logging.getLogger(__name__)
 
 
+DEFAULT_VERSION = "default"  # what decisions carry as policy_version while the registry has no champion
+
+
 class ServingPolicy:
-    def __init__(self, registry: ModelRegistry, seed: int | None = None) -> None:
+    """The champion's mean weights with its exploration; `default_weights` (the search engine's fixed weights)
+    with `exploration` while there is no champion, so the first traffic of a deployment is already learnable.
+
+    `auto_refresh` (the library default) stats the champion pointer on every call; `rankrl serve` turns it off
+    and calls `refresh` from its own reload thread instead."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        seed: int | None = None,
+        default_weights: np.ndarray | None = None,
+        exploration: DirichletExploration | None = None,
+        auto_refresh: bool = True,
+    ) -> None:
         self.registry = registry
         self.rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self.version: str | None = None
         self._policy: Any = None
-        self.exploration = DirichletExploration()
+        self.default_weights = None if default_weights is None else weights_from_actions(default_weights)
+        self.default_exploration = exploration or DirichletExploration()
+        self.exploration = self.default_exploration
+        self.auto_refresh = auto_refresh
+        if self.default_weights is not None:
+            self._serve_default()
         self.refresh()
 
     @classmethod
     def from_registry(cls, root: str | Path, seed: int | None = None) -> ServingPolicy:
         return cls(ModelRegistry(root), seed)
 
-    def refresh(self) -> None:
-        """Load the champion if the pointer changed since the last call (`mean` and `act` call it themselves)."""
+    def _serve_default(self) -> None:
+        fixed = np.asarray(self.default_weights)
+
+        def mean(states: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(fixed, (len(states), len(fixed))).copy()
+
+        with self._lock:
+            self._policy, self.version, self.exploration = mean, DEFAULT_VERSION, self.default_exploration
+
+    def refresh(self) -> bool:
+        """Load the champion if the pointer changed since the last call; True when what is served changed. The
+        new policy is loaded before it is swapped in, so no call ever sees a half-loaded one."""
         path = self.registry.champion_path
         mtime = path.stat().st_mtime if path.exists() else None
-        if mtime == self._mtime:
-            return
+        if mtime == self._mtime and self._policy is not None:
+            return False
         version = self.registry.champion()
         if version is None:
-            raise RegistryError(f"no champion in {self.registry.root}: promote a model first")
+            if self.default_weights is None:
+                raise RegistryError(f"no champion in {self.registry.root}: promote a model first")
+            self._mtime = mtime
+            return False
         policy = load_policy_mean(self.registry.path(version, "policy.pt"))
         ex = json.loads(self.registry.path(version, "exploration.json").read_text())
         with self._lock:
+            changed = version != self.version
             self._policy, self.version, self._mtime = policy, version, mtime
             self.exploration = DirichletExploration(kappa=ex["kappa"], min_alpha=ex["min_alpha"])
         log.info("serving champion=%s", version)
+        return changed
 
     def mean(self, states: np.ndarray) -> np.ndarray:
         """Mean weights for state vectors [n, 23] (or one [23])."""
-        self.refresh()
+        if self.auto_refresh:
+            self.refresh()
         return self._policy(np.atleast_2d(states))
 
     def act(self, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Served weights for one state vector and the natural log of their density (log it as log_propensity)."""
-        m = self.mean(state)
-        with self._lock:
-            a, logp = self.exploration.sample(m, self.rng)
+        a, logp, _ = self.act_batch(np.atleast_2d(state))
         return a[0], float(logp[0])
+
+    def act_batch(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """Served weights [n, 7], their log-densities [n] and the version that chose them, for states [n, 23]."""
+        if self.auto_refresh:
+            self.refresh()
+        with self._lock:  # one consistent (policy, exploration, version) for the whole batch
+            policy, exploration, version = self._policy, self.exploration, self.version
+        m = policy(np.atleast_2d(states))
+        with self._lock:  # numpy's Generator is not thread-safe
+            a, logp = exploration.sample(m, self.rng)
+        return a, logp, str(version)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from deploy.service import ServeMetrics
 from rankrl.cli import build_parser
 from streamer.metrics import StreamerMetrics
 from trainer.metrics import RegistryCollector, TrainerMetrics
@@ -32,6 +33,7 @@ def exported_metrics(tmp_path: Path) -> set[str]:
     reg = CollectorRegistry()
     StreamerMetrics(reg)
     TrainerMetrics(reg)
+    ServeMetrics(reg)
     reg.register(RegistryCollector(tmp_path / "models"))
     # Family names, not samples: a labelled metric with no children yet has no samples.
     suffix = {"counter": "_total", "info": "_info"}
