@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -11,20 +13,23 @@ from prometheus_client import CollectorRegistry, start_http_server
 from common.config import RankrlConfig, describe, resolve_secret
 from common.signals import install_stop_handlers
 from streamer.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
+from streamer.join import BothFiles, JoinSource
 from streamer.loop import Streamer
 from streamer.metrics import StreamerMetrics
-from streamer.sources import FatalSourceError, FileSource, KafkaSettings, KafkaSource, Source
-from streamer.writer import BufferWriter
+from streamer.sources import FatalSourceError, FileSource, KafkaSettings, KafkaSource, Record, Source
+from streamer.writer import BufferWriter, log_id_hash
 
 log = logging.getLogger(__name__)
 
 
-def kafka_settings(cfg: RankrlConfig) -> KafkaSettings:
+def kafka_settings(cfg: RankrlConfig, url: str | None = None) -> KafkaSettings:
+    """Client settings for `url` (default streamer.source), with the [streamer] section's group and security."""
     s = cfg.streamer
-    rest = s.source[len("kafka://") :]
+    url = url or s.source
+    rest = url[len("kafka://") :]
     servers, _, topic = rest.partition("/")
     if not servers or not topic:
-        raise ValueError(f"streamer.source {s.source!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+        raise ValueError(f"{url!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
     return KafkaSettings(
         bootstrap_servers=servers,
         topic=topic,
@@ -53,6 +58,8 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         retention_max_bytes=s.retention_max_bytes,
         dedup_window_s=s.dedup_window_s,
     )
+    if cfg.join.enabled:
+        return _joining_streamer(cfg, registry, writer, stop_when_idle_s)
     if s.source.startswith("kafka://"):
         ks = kafka_settings(cfg)
 
@@ -86,6 +93,18 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
                 max_record_bytes=s.max_record_bytes,
             )
 
+    return _streamer(cfg, registry, writer, source_factory, dead_letters, stop_when_idle_s)
+
+
+def _streamer(
+    cfg: RankrlConfig,
+    registry: CollectorRegistry,
+    writer: BufferWriter,
+    source_factory: Callable[[Streamer], Source],
+    dead_letters: Callable[[], DeadLetters],
+    stop_when_idle_s: float | None,
+) -> Streamer:
+    s = cfg.streamer
     return Streamer(
         source_factory,
         writer,
@@ -101,9 +120,76 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
     )
 
 
+def _joining_streamer(
+    cfg: RankrlConfig, registry: CollectorRegistry, writer: BufferWriter, stop_when_idle_s: float | None
+) -> Streamer:
+    """The streamer over the outcome join of serve's two logs (streamer/join.py)."""
+    s, j = cfg.streamer, cfg.join
+
+    def join(st: Streamer, inner: Source, is_decision: Callable[[Record], bool]) -> JoinSource:
+        def stored(log_id: str) -> float | None:
+            with st.lock:
+                return writer.stored_time(log_id_hash(log_id))
+
+        return JoinSource(inner, is_decision, st.dead_letter, j.window_s, j.lateness_s, stored, st.metrics)
+
+    if j.decisions.startswith("kafka://"):
+        ks = kafka_settings(cfg, j.decisions)
+        outcomes_topic = j.outcomes.partition("/")[2].partition("/")[2]
+        ks = dataclasses.replace(ks, also_topics=(outcomes_topic,))
+        holder: list[JoinSource] = []
+
+        def dead_letters() -> DeadLetters:
+            try:
+                return KafkaDeadLetters(ks, s.group_id, max_value_bytes=s.dlq_max_value_bytes)
+            except KafkaError as e:
+                raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
+
+        def source_factory(st: Streamer) -> Source:
+            def revoked(keys: set[str]) -> None:
+                if holder:
+                    holder[0].drop(keys)
+                st.drop_partitions(keys)
+
+            inner = KafkaSource(ks, writer.stored_positions, revoked)
+            counts = {t: len(inner.consumer.partitions_for_topic(t) or ()) for t in (ks.topic, outcomes_topic)}
+            if len(set(counts.values())) != 1 or 0 in counts.values():
+                inner.close()
+                raise FatalSourceError(
+                    f"the outcome join needs both topics to exist with the same partition count (keyed by log_id, "
+                    f"a search's decision and outcomes then share a partition number): {counts}"
+                )
+            holder.append(join(st, inner, lambda r: r.topic == ks.topic))
+            return holder[0]
+
+    else:
+        paths = [Path(u[len("file://") :]).resolve() for u in (j.decisions, j.outcomes)]
+        decisions_key = FileSource.key_of(paths[0])
+
+        def dead_letters() -> DeadLetters:
+            return FileDeadLetters(
+                Path(cfg.paths.buffer_dir) / "dlq.jsonl",
+                writer.stored_positions(),
+                max_value_bytes=s.dlq_max_value_bytes,
+                file_max_bytes=s.dlq_file_max_bytes,
+                keep_files=s.dlq_file_keep,
+            )
+
+        def source_factory(st: Streamer) -> Source:
+            stored = writer.stored_positions()
+            files = [
+                FileSource(p, stored, follow=s.follow, max_records=s.max_poll_records,
+                           max_record_bytes=s.max_record_bytes)
+                for p in paths
+            ]  # fmt: skip
+            return join(st, BothFiles(*files), lambda r: r.key == decisions_key)
+
+    return _streamer(cfg, registry, writer, source_factory, dead_letters, stop_when_idle_s)
+
+
 def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> int:
     for line in describe(cfg):
-        if line.startswith(("streamer.", "paths.", "reward.")):
+        if line.startswith(("streamer.", "paths.", "reward.", "join.")):
             log.info("config %s", line)
     registry = CollectorRegistry()
     if cfg.streamer.metrics_port:
@@ -111,5 +197,7 @@ def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> in
         log.info("metrics on http://%s:%d/metrics", cfg.streamer.metrics_host, cfg.streamer.metrics_port)
     streamer = build_streamer(cfg, registry, stop_when_idle_s)
     install_stop_handlers(streamer.stop, "streamer (seal, commit, close)")
-    log.info("streamer started source=%s buffer=%s", cfg.streamer.source, cfg.paths.buffer_dir)
+    j = cfg.join
+    source = f"join of {j.decisions} and {j.outcomes} (window {j.window_s:g}s)" if j.enabled else cfg.streamer.source
+    log.info("streamer started source=%s buffer=%s", source, cfg.paths.buffer_dir)
     return streamer.run()

@@ -28,6 +28,7 @@ from kafka.errors import KafkaError
 
 from common.config import StreamerConfig
 from common.reward import RewardConfig
+from common.schema import InvalidEvent
 from streamer.dlq import DeadLetters
 from streamer.encode import error_of
 from streamer.metrics import StreamerMetrics
@@ -162,13 +163,10 @@ class Streamer:
                 skip |= keys
         for entry in enc.errors:
             r = records[entry[0]]
-            if r.key in skip:
-                continue  # revoked while in flight: the next owner reads it again
-            error = error_of(entry)
-            self.dead_letters.write(r, error)
+            if r.key in skip or r.marker:
+                continue  # revoked while in flight: the next owner reads it again; a marker has no value
+            self.dead_letter(r, error_of(entry))
             self.writer.advance(r.key, r.next_position)
-            m.rejected.labels(reason=error.reason).inc()
-            m.dlq_writes.inc()
         ok = [records[i] for i in enc.ok.tolist()]
         cols = enc.columns
         if skip:
@@ -178,7 +176,12 @@ class Streamer:
         appended = self.writer.append_columns(
             [r.key for r in ok], [r.offset for r in ok], [r.next_position for r in ok], cols
         )
-        m.consumed.inc(len(records))
+        for r in records:  # the outcome join's positions: the oldest record it still holds, per partition
+            if r.positions is not None and r.key not in skip:
+                for key, nxt in r.positions.items():
+                    if key not in skip:
+                        self.writer.advance(key, nxt)
+        m.consumed.inc(sum(not r.marker for r in records))
         m.appended.inc(appended)
         m.duplicates.inc(len(ok) - appended)
         m.unsealed_rows.set(self.writer.unsealed_rows)
@@ -186,6 +189,12 @@ class Streamer:
         oldest = min((b.since for b in self.pool.in_flight), default=self._revocations)
         for g in [g for g in self._revoked if g <= oldest]:
             del self._revoked[g]
+
+    def dead_letter(self, record: Record, error: InvalidEvent) -> None:
+        """Route one record to the dead-letter sink, counted by reason (durable before the next seal's commit)."""
+        self.dead_letters.write(record, error)
+        self.metrics.rejected.labels(reason=error.reason).inc()
+        self.metrics.dlq_writes.inc()
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit; on disk or broker errors pause and retry."""

@@ -42,6 +42,17 @@ class StreamerMetrics:
             p + "errors", "Errors by kind (the stream stops and retries)", ["kind"], registry=registry
         )
         self.paused = Gauge(p + "paused", "1 while consumption is paused by an error", registry=registry)
+        # the outcome join (streamer/join.py), when the streamer reads serve's decisions and outcomes
+        self.join_open = Gauge(p + "join_open_decisions", "Decisions waiting for their window to close",
+                               registry=registry)  # fmt: skip
+        self.join_waiting = Gauge(p + "join_waiting_outcomes", "Outcomes waiting for a decision not yet read",
+                                  registry=registry)  # fmt: skip
+        self.join_emitted = Counter(p + "join_events", "Joined events by outcome: reported, or the default none",
+                                    ["outcome"], registry=registry)  # fmt: skip
+        self.join_reread = Counter(p + "join_reread_records", "Records read again after a restart that belong to "
+                                   "events already stored (skipped)", registry=registry)  # fmt: skip
+        for o in ("reported", "default"):
+            self.join_emitted.labels(outcome=o)
         for r in REASONS:
             self.rejected.labels(reason=r)
         for k in ERROR_KINDS:

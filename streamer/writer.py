@@ -110,6 +110,15 @@ class BufferWriter:
         i = np.minimum(np.searchsorted(sh, hashes), len(sh) - 1)
         return np.asarray(sh[i] == hashes)
 
+    def stored_time(self, log_id_hash: int) -> float | None:
+        """The event time of the row stored under this log-id hash within the dedup window, or None."""
+        t = self._open_hashes.get(log_id_hash)
+        if t is not None:
+            return t
+        sh = self._sealed_hashes
+        i = int(np.searchsorted(sh, np.uint64(log_id_hash)))
+        return float(self._sealed_times[i]) if i < len(sh) and int(sh[i]) == log_id_hash else None
+
     @property
     def dedup_index_bytes(self) -> int:
         """Memory held by the dedup index (the dict of the open segment estimated at ~100 bytes an entry)."""

@@ -1,4 +1,4 @@
-"""The daemons: `stream` (the streamer) and `train` (the trainer, or one cycle with --once)."""
+"""The daemons: `stream` (the streamer), `train` (the trainer, or one cycle with --once), `serve` (decisions)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
     s.add_argument("--metrics-port", type=int, help="Prometheus metrics port, 0 for none (default 9108)")
     s.add_argument("--group-id", help="Kafka consumer group (default rankrl-streamer)")
+    s.add_argument(
+        "--decisions", help="join mode: the decisions rankrl serve logs (join.decisions; file:// or kafka://)"
+    )
+    s.add_argument("--outcomes", help="join mode: the outcomes rankrl serve logs (join.outcomes)")
     s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
     s.set_defaults(func=cmd_stream)
 
@@ -27,6 +31,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--once", action="store_true", help="run one cycle now and exit (0 = a candidate was registered)")
     s.add_argument("--max-cycles", type=int, help="exit after this many cycles")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("serve", help="run the decision service: HTTP rank/outcome, every decision logged")
+    add_config_flags(s)
+    s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+    s.add_argument("--host", help="listen address (serve.host, default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (serve.port, default 8080)")
+    s.add_argument("--decisions", help="file://PATH or kafka://HOST:PORT/TOPIC (serve.decisions)")
+    s.add_argument("--outcomes", help="file://PATH or kafka://HOST:PORT/TOPIC (serve.outcomes)")
+    s.set_defaults(func=cmd_serve)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -40,6 +53,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         {
             "streamer": {"source": args.source, "metrics_port": args.metrics_port, "group_id": args.group_id},
             "paths": {"buffer_dir": args.buffer},
+            "join": {"decisions": args.decisions, "outcomes": args.outcomes},
         },
     )
     try:
@@ -55,3 +69,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
     return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the decision service until SIGTERM/SIGINT."""
+    from deploy.registry import RegistryError
+    from deploy.service import run_serve
+
+    cfg = config_from(
+        args,
+        {
+            "paths": {"registry_dir": args.models},
+            "serve": {"host": args.host, "port": args.port, "decisions": args.decisions, "outcomes": args.outcomes},
+        },
+    )
+    try:
+        return run_serve(cfg)
+    except (RegistryError, OSError) as e:
+        log.error("serve: %s", e)
+        return 1

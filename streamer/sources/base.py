@@ -20,6 +20,10 @@ class Record:
     partition: int = 0
     timestamp_ms: int = -1
     key_bytes: bytes | None = None
+    # The outcome join (streamer/join.py): every partition's resume position once this record is applied (the
+    # oldest record the join still holds), and a marker that carries only those positions (no value, no row).
+    positions: dict[str, int] | None = None
+    marker: bool = False
 
 
 class Source(Protocol):

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class KafkaSettings:
     bootstrap_servers: str
     topic: str
+    also_topics: tuple[str, ...] = ()  # read with `topic` by the same consumer (the outcome join's two topics)
     group_id: str = StreamerConfig.group_id
     client_id: str = "rankrl-streamer"
     max_poll_records: int = StreamerConfig.max_poll_records
@@ -161,7 +162,8 @@ class KafkaSource:
             raise FatalSourceError(f"cannot connect to kafka at {settings.bootstrap_servers}: {e}") from None
         finally:
             logging.getLogger("kafka").removeHandler(auth)
-        self.consumer.subscribe([settings.topic], listener=Listener())
+        self.topics = [settings.topic, *settings.also_topics]
+        self.consumer.subscribe(self.topics, listener=Listener())
 
     def key(self, tp: Any) -> str:
         return f"kafka:{tp.topic}:{tp.partition}"
@@ -267,7 +269,8 @@ class KafkaSource:
             if hw is None:
                 continue
             try:
-                out[str(tp.partition)] = max(0, hw - self.consumer.position(tp))
+                name = str(tp.partition) if len(self.topics) == 1 else f"{tp.topic}:{tp.partition}"
+                out[name] = max(0, hw - self.consumer.position(tp))
             except Exception:  # position unknown during a rebalance
                 continue
         return out
