@@ -135,7 +135,7 @@ def _joining_streamer(
 
     if j.decisions.startswith("kafka://"):
         ks = kafka_settings(cfg, j.decisions)
-        outcomes_topic = j.outcomes.partition("/")[2].partition("/")[2]
+        outcomes_topic = j.outcomes[len("kafka://") :].partition("/")[2]
         ks = dataclasses.replace(ks, also_topics=(outcomes_topic,))
         holder: list[JoinSource] = []
 

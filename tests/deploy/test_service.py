@@ -34,12 +34,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(tmp: Path, *extra: str, decisions: str | None = None) -> Iterator[str]:
+def serving(tmp: Path, *extra: str, decisions: str | None = None, outcomes: str | None = None) -> Iterator[str]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "rankrl", "serve", "--models", str(tmp / "models"), "--port", str(port),
         "--decisions", decisions or f"file://{tmp / 'decisions.jsonl'}",
-        "--outcomes", f"file://{tmp / 'outcomes.jsonl'}",
+        "--outcomes", outcomes or f"file://{tmp / 'outcomes.jsonl'}",
         "--set", "serve.reload_interval_s=0.2", *extra,
     ]  # fmt: skip
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
