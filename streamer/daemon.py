@@ -48,6 +48,31 @@ def kafka_settings(cfg: RankrlConfig, url: str | None = None) -> KafkaSettings:
     )
 
 
+def _kafka_dead_letters(cfg: RankrlConfig, ks: KafkaSettings) -> Callable[[], DeadLetters]:
+    def make() -> DeadLetters:
+        try:
+            return KafkaDeadLetters(ks, cfg.streamer.group_id, max_value_bytes=cfg.streamer.dlq_max_value_bytes)
+        except KafkaError as e:
+            raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
+
+    return make
+
+
+def _file_dead_letters(cfg: RankrlConfig, writer: BufferWriter) -> Callable[[], DeadLetters]:
+    s = cfg.streamer
+
+    def make() -> DeadLetters:
+        return FileDeadLetters(
+            Path(cfg.paths.buffer_dir) / "dlq.jsonl",
+            writer.stored_positions(),
+            max_value_bytes=s.dlq_max_value_bytes,
+            file_max_bytes=s.dlq_file_max_bytes,
+            keep_files=s.dlq_file_keep,
+        )
+
+    return make
+
+
 def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idle_s: float | None = None) -> Streamer:
     s = cfg.streamer
     writer = BufferWriter(
@@ -63,11 +88,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
     if s.source.startswith("kafka://"):
         ks = kafka_settings(cfg)
 
-        def dead_letters() -> DeadLetters:
-            try:
-                return KafkaDeadLetters(ks, s.group_id, max_value_bytes=s.dlq_max_value_bytes)
-            except KafkaError as e:
-                raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
+        dead_letters = _kafka_dead_letters(cfg, ks)
 
         def source_factory(st: Streamer) -> Source:
             return KafkaSource(ks, writer.stored_positions, st.drop_partitions)
@@ -75,14 +96,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
     else:
         path = Path(s.source[len("file://") :])
 
-        def dead_letters() -> DeadLetters:
-            return FileDeadLetters(
-                Path(cfg.paths.buffer_dir) / "dlq.jsonl",
-                writer.stored_positions(),
-                max_value_bytes=s.dlq_max_value_bytes,
-                file_max_bytes=s.dlq_file_max_bytes,
-                keep_files=s.dlq_file_keep,
-            )
+        dead_letters = _file_dead_letters(cfg, writer)
 
         def source_factory(st: Streamer) -> Source:
             return FileSource(
@@ -139,11 +153,7 @@ def _joining_streamer(
         ks = dataclasses.replace(ks, also_topics=(outcomes_topic,))
         holder: list[JoinSource] = []
 
-        def dead_letters() -> DeadLetters:
-            try:
-                return KafkaDeadLetters(ks, s.group_id, max_value_bytes=s.dlq_max_value_bytes)
-            except KafkaError as e:
-                raise FatalSourceError(f"cannot create the dead-letter producer for {ks.topic}.dlq: {e}") from None
+        dead_letters = _kafka_dead_letters(cfg, ks)
 
         def source_factory(st: Streamer) -> Source:
             def revoked(keys: set[str]) -> None:
@@ -166,14 +176,7 @@ def _joining_streamer(
         paths = [Path(u[len("file://") :]).resolve() for u in (j.decisions, j.outcomes)]
         decisions_key = FileSource.key_of(paths[0])
 
-        def dead_letters() -> DeadLetters:
-            return FileDeadLetters(
-                Path(cfg.paths.buffer_dir) / "dlq.jsonl",
-                writer.stored_positions(),
-                max_value_bytes=s.dlq_max_value_bytes,
-                file_max_bytes=s.dlq_file_max_bytes,
-                keep_files=s.dlq_file_keep,
-            )
+        dead_letters = _file_dead_letters(cfg, writer)
 
         def source_factory(st: Streamer) -> Source:
             stored = writer.stored_positions()
