@@ -32,7 +32,7 @@ from common.schema import (
     State,
     check_outcomes,
     check_time,
-    from_validation_error,
+    decoded,
 )
 
 MAX_BATCH = 1000  # searches in one /v1/rank/batch call
@@ -90,14 +90,7 @@ _ENCODER = msgspec.json.Encoder()
 
 def decode(raw: bytes, kind: type[Any]) -> Any:
     """Decode and type-check one message of `kind`; raise InvalidEvent naming the field (and log id) when wrong."""
-    try:
-        return _DECODERS[kind].decode(raw)
-    except msgspec.ValidationError as e:
-        raise from_validation_error(e, raw) from None
-    except msgspec.DecodeError as e:
-        raise InvalidEvent("not_json", "$", f"not valid JSON: {e}") from None
-    except RecursionError:
-        raise InvalidEvent("too_deep", "$", "JSON nested too deeply to decode") from None
+    return decoded(_DECODERS[kind].decode, raw)
 
 
 def parse_outcome(raw: bytes, now: float | None = None, max_future_s: float = MAX_FUTURE_S) -> Outcome:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -361,6 +362,21 @@ def _check_finite(ev: SearchLogEvent) -> None:
             )
 
 
+def decoded(decode: Callable[[Any], Any], raw: Any) -> Any:
+    """`decode(raw)` with msgspec's errors as InvalidEvent: the field path, the log id and a bounded reason. Every
+    message type (events here, decisions and outcomes in common/decisions.py) is decoded through it."""
+    try:
+        return decode(raw)
+    except msgspec.ValidationError as e:
+        raise from_validation_error(e, raw) from None
+    except msgspec.DecodeError as e:
+        raise InvalidEvent("not_json", "$", f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidEvent("too_deep", "$", "JSON nested too deeply to decode") from None
+    except TypeError as e:  # None or another non-bytes value (a Kafka tombstone is caught before this)
+        raise InvalidEvent("wrong_type", "$", f"not a JSON document: {e}") from None
+
+
 def parse_event(
     raw: bytes | bytearray | memoryview | str | dict[str, Any],
     now: float | None = None,
@@ -376,16 +392,9 @@ def parse_event(
             raw = raw[3:]
     elif isinstance(raw, str) and raw[:1] == "\ufeff":
         raw = raw[1:]
-    try:
-        ev = msgspec.convert(raw, SearchLogEvent) if isinstance(raw, dict) else _DECODER.decode(raw)
-    except msgspec.ValidationError as e:
-        raise from_validation_error(e, raw) from None
-    except msgspec.DecodeError as e:
-        raise InvalidEvent("not_json", "$", f"not valid JSON: {e}") from None
-    except RecursionError:
-        raise InvalidEvent("too_deep", "$", "JSON nested too deeply to decode") from None
-    except TypeError as e:  # None or another non-bytes value (a Kafka tombstone is caught before this)
-        raise InvalidEvent("wrong_type", "$", f"not a JSON document: {e}") from None
+    ev: SearchLogEvent = (
+        decoded(lambda r: msgspec.convert(r, SearchLogEvent), raw) if from_dict else decoded(_DECODER.decode, raw)
+    )
     log_id = ev.log_id
     if not log_id:
         raise InvalidEvent("wrong_type", "log_id", "must be a non-empty string")
