@@ -1,22 +1,28 @@
 """`rankrl demo`: the whole loop on the embedded default (no Kafka), in one process group, for a few minutes.
 
-    this process: the search engine                 child: rankrl stream         child: rankrl train
-    simulator world ──► events.jsonl (appended) ──► file source ──► buffer/ ──► CQL cycle ──► gate ──► models/
-        ▲  serves the champion's mean weights with exploration (the logging policy until there is one)   │
-        └──────────────────────────────────────── champion pointer ◄─────────────────────────────────────┘
+    this process: the search engine          child: rankrl serve                child: rankrl stream (join)
+    simulated searches ──POST /v1/rank/batch──► weights + log_propensity ──► decisions.jsonl ─┐
+    users' responses ───POST /v1/outcome (0–5 s later)──────────────────► outcomes.jsonl ─────┴► buffer/
+        ▲                                                                                           │
+        └── serve reloads the champion ◄── models/ ◄── gate ◄── CQL cycle ◄── child: rankrl train ◄─┘
 
-1. History: `history` searches logged by the simulator's logging policy (the days before rankrl), streamed into
-   the buffer before the trainer starts.
-2. Live: `rate` searches per second served by whatever is champion now, each logged with its propensity and
-   policy version, while the trainer runs a cycle every `interval_minutes`.
+1. History: `history` searches logged by the simulator's logging policy (the days before rankrl), written as
+   the decision service's two logs and joined into the buffer before the trainer starts.
+2. Live: `rate` searches per second ranked by `rankrl serve` over HTTP (the engine's fixed weights with
+   exploration until there is a champion, then the champion, reloaded without a restart); each user's response
+   is reported after a random delay and the streamer joins it to its decision within the attribution window.
+   The trainer runs a cycle every `interval_minutes`.
 3. Summary: every cycle's decision, its estimated conversion and the simulator's *true* conversion, against the
-   logging policy and the simulator's best known policy; JSON and a PNG of conversion per cycle.
+   logging policy and the simulator's best known policy, and the service's latency as the engine saw it; JSON
+   and a PNG of conversion per cycle.
 
 Everything lands in `dir` (replaced on each run); the children log to `dir/logs/`.
 """
 
 from __future__ import annotations
 
+import heapq
+import http.client
 import json
 import logging
 import os
@@ -24,17 +30,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+import urllib.error
+import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
+import numpy as np
 import orjson
 
 from common.exploration import DirichletExploration
+from common.schema import ACTION_KEYS
 from deploy.registry import ModelRegistry
-from deploy.serving import ServingPolicy
 from rankrl.demo_options import DemoOptions
 from rankrl.demo_summary import buffer_rows, cycle_rows, format_summary, plot_summary, summarise
-from rankrl.sim import RankingWorld, simulate, write_jsonl
+from rankrl.sim import RankingWorld, event_states, served_outcomes, write_decision_logs
 
 log = logging.getLogger(__name__)
 
@@ -86,50 +95,83 @@ class Children:
         return codes
 
 
-def _append_events(path: Path, events: list[dict[str, Any]]) -> None:
-    with open(path, "ab") as f:
-        f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
-
-
 class SearchEngine:
-    """Serves simulated searches with the current champion (deploy.serving, as production would) or the logger."""
+    """The simulated search engine's middle tier, on the real path: it asks `rankrl serve` for each search's
+    weights over HTTP (/v1/rank/batch), ranks with them, and reports each outcome later (/v1/outcome, after a
+    random delay), as a search engine in any language would. The service logs both; the streamer joins them."""
 
-    def __init__(self, world: RankingWorld, registry: ModelRegistry, kappa: float, seed: int) -> None:
+    def __init__(self, world: RankingWorld, url: str, seed: int, max_delay_s: float, batch: int = 20) -> None:
+        parts = urlsplit(url)
         self.world = world
-        self.registry = registry
-        self.logging_exploration = DirichletExploration(kappa)
-        self.seed = seed
-        self.serving: ServingPolicy | None = None  # until the first promotion the logging policy serves
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
+        self.rng = np.random.default_rng(seed)
+        self.max_delay_s = max_delay_s
+        self.batch = batch
+        self.version = "-"
         self.served = 0
+        self.reported = 0
+        self.due: list[tuple[float, int, bytes]] = []  # (report time, sequence, outcome body): a heap
+        self.latency_s: dict[str, list[float]] = {"rank_batch": [], "outcome": []}
 
-    @property
-    def version(self) -> str:
-        return "logging" if self.serving is None or self.serving.version is None else self.serving.version
+    def _post(self, endpoint: str, path: str, body: bytes) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        self.latency_s[endpoint].append(time.perf_counter() - t0)
+        if resp.status >= 300:
+            raise RuntimeError(f"rankrl serve answered {path} with {resp.status}: {data[:500]!r}")
+        return orjson.loads(data)
 
-    def serve(self, n: int, out: Path, start_time: float, interval_s: float) -> None:
-        if self.serving is None and self.registry.champion() is not None:
-            self.serving = ServingPolicy(self.registry)
-        if self.serving is not None:
-            before = self.serving.version
-            self.serving.refresh()  # before reading version and exploration: one batch, one policy
-            if self.serving.version != before:
-                log.info("demo: the search engine now serves %s", self.serving.version)
-            policy, exploration = self.serving.mean, self.serving.exploration
-        else:
-            policy, exploration = self.world.logging_policy, self.logging_exploration
-        self.seed += 1
-        for _, _, _, events in simulate(
-            self.world,
-            n,
-            self.seed,
-            policy=policy,
-            exploration=exploration,
-            start_time=start_time,
-            interval_s=interval_s,
-            policy_version=self.version,
-        ):
-            _append_events(out, events)
-        self.served += n
+    def serve(self, n: int) -> None:
+        """n searches now: weights from the service, the user's response drawn, each outcome queued for later."""
+        ctx = self.world.contexts(n, self.rng)
+        states = event_states(ctx)
+        results: list[dict[str, Any]] = []
+        for i in range(0, n, self.batch):
+            body = orjson.dumps({"requests": [{"state": st} for st in states[i : i + self.batch]]})
+            results += self._post("rank_batch", "/v1/rank/batch", body)["results"]
+        actions = np.array([[r["weights"][k] for k in ACTION_KEYS] for r in results])
+        now = time.time()
+        for r, (ranking, meta, outcomes) in zip(results, served_outcomes(self.world, ctx, actions, self.rng),
+                                                strict=True):  # fmt: skip
+            if outcomes["user_action"] != "none":  # nothing to report is the default reward
+                body = orjson.dumps({"log_id": r["log_id"], "ranking": ranking, "ranking_metadata": meta,
+                                     "outcomes": outcomes})  # fmt: skip
+                heapq.heappush(self.due, (now + float(self.rng.uniform(0, self.max_delay_s)), self.served, body))
+            self.served += 1
+        if results and results[-1]["policy_version"] != self.version:
+            self.version = results[-1]["policy_version"]
+            log.info("demo: the service now serves %s", self.version)
+
+    def report_due(self, until: float) -> None:
+        """Report every outcome whose delay has passed by `until`."""
+        while self.due and self.due[0][0] <= until:
+            _, _, body = heapq.heappop(self.due)
+            self._post("outcome", "/v1/outcome", body)
+            self.reported += 1
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        return {
+            k: {"calls": len(v), "p50_ms": 1e3 * float(np.median(v)), "p99_ms": 1e3 * float(np.percentile(v, 99))}
+            for k, v in self.latency_s.items()
+            if v
+        }
+
+
+def _wait_ready(url: str, children: Children, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        children.check()
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"rankrl serve was not ready at {url} within {timeout_s:.0f} s")
+        time.sleep(0.3)
 
 
 def _progress(t0: float, engine: SearchEngine, opts: DemoOptions, registry: ModelRegistry) -> str:
@@ -149,89 +191,109 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
 
     t0 = time.time()
     deadline = t0 + 60.0 * opts.minutes
-    for sub in ("events.jsonl", "buffer", "models", "results", "logs"):
+    for sub in ("decisions.jsonl", "outcomes.jsonl", "buffer", "models", "results", "logs"):
         p = opts.dir / sub
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
     opts.dir.mkdir(parents=True, exist_ok=True)
-    events = opts.dir / "events.jsonl"
+    decisions, outcomes = opts.dir / "decisions.jsonl", opts.dir / "outcomes.jsonl"
     world = opts.world()
     registry = ModelRegistry(opts.dir / "models")
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
 
-    say(f"== 1/3 {opts.history:,} searches of history from the logging policy (κ={opts.kappa:g})")
+    say(f"== 1/3 {opts.history:,} searches of history from the logging policy (κ={opts.kappa:g}), logged as the "
+        "decision service logs them")  # fmt: skip
     interval = 0.05
-    start = time.time() - opts.history * interval
-    write_jsonl(
+    write_decision_logs(
         world,
-        str(events),
+        str(decisions),
+        str(outcomes),
         opts.history,
         opts.seed,
+        max_delay_s=opts.max_outcome_delay_s,
         exploration=DirichletExploration(opts.kappa),
-        start_time=start,
+        start_time=time.time() - opts.history * interval,
         interval_s=interval,
     )
+    # Before the first champion the service serves the engine's fixed weights (with exploration): the logger's
+    # average weights stand in for them.
+    fixed = world.logging_policy(world.contexts(10_000, np.random.default_rng(opts.seed + 5)).states).mean(axis=0)
     children = Children(opts)
-    engine = SearchEngine(world, registry, opts.kappa, opts.seed + 1000)
+    url = f"http://127.0.0.1:{opts.serve_port}"
+    engine = SearchEngine(world, url, opts.seed + 1000, opts.max_outcome_delay_s)
+    join = [
+        "--set", f"join.window_s={opts.join_window_s}",
+        "--set", f"join.lateness_s={opts.join_lateness_s}",
+    ]  # fmt: skip
     try:
         children.start(
             "streamer",
             [
                 "stream",
-                "--source",
-                f"file://{events}",
-                "--metrics-port",
-                str(opts.streamer_metrics_port),
-                "--set",
-                "streamer.segment_max_age_s=5",
+                "--decisions", f"file://{decisions}",
+                "--outcomes", f"file://{outcomes}",
+                "--metrics-port", str(opts.streamer_metrics_port),
+                "--set", "streamer.segment_max_age_s=5",
+                *join,
             ],
-        )
+        )  # fmt: skip
         while buffer_rows(opts.dir / "buffer") < opts.history:
             children.check()
             time.sleep(0.5)
-        say(f"   streamed into the buffer in {time.time() - t0:.0f} s")
+        say(f"   joined and streamed into the buffer in {time.time() - t0:.0f} s")
+        children.start(
+            "serve",
+            [
+                "serve",
+                "--port", str(opts.serve_port),
+                "--decisions", f"file://{decisions}",
+                "--outcomes", f"file://{outcomes}",
+                "--set", "serve.default_weights=" + ",".join(f"{w:.6f}" for w in fixed),
+            ],
+        )  # fmt: skip
+        _wait_ready(url, children)
         say(
-            f"== 2/3 live traffic at {opts.rate:g} searches/s; trainer every {opts.interval_minutes:g} min, "
-            f"{opts.steps_per_cycle} CQL steps per cycle, until {opts.minutes:g} min"
+            f"== 2/3 live traffic at {opts.rate:g} searches/s through rankrl serve ({url}), outcomes reported up to "
+            f"{opts.max_outcome_delay_s:g} s later and joined within {opts.join_window_s:g} s; trainer every "
+            f"{opts.interval_minutes:g} min, {opts.steps_per_cycle} CQL steps per cycle, until {opts.minutes:g} min"
         )
         children.start(
             "trainer",
             [
                 "train",
-                "--set",
-                f"trainer.interval_minutes={opts.interval_minutes}",
-                "--set",
-                f"trainer.steps_per_cycle={opts.steps_per_cycle}",
-                "--set",
-                f"trainer.steps_per_epoch={min(100, opts.steps_per_cycle)}",
-                "--set",
-                f"trainer.holdout_fraction={opts.holdout_fraction}",
-                "--set",
-                f"trainer.metrics_port={opts.trainer_metrics_port}",
+                "--set", f"trainer.interval_minutes={opts.interval_minutes}",
+                "--set", f"trainer.steps_per_cycle={opts.steps_per_cycle}",
+                "--set", f"trainer.steps_per_epoch={min(100, opts.steps_per_cycle)}",
+                "--set", f"trainer.holdout_fraction={opts.holdout_fraction}",
+                "--set", f"trainer.metrics_port={opts.trainer_metrics_port}",
             ],
-            env={"OMP_NUM_THREADS": "1"},  # two cores: one for training, one for traffic and the streamer
-        )
+            env={"OMP_NUM_THREADS": "1"},  # two cores: one for training, one for traffic, serving and streaming
+        )  # fmt: skip
         last_progress = 0.0
         try:
             while time.time() < deadline and not (opts.cycles and len(registry.versions()) >= opts.cycles):
                 tick = time.time()
-                n = max(1, int(opts.rate))
-                engine.serve(n, events, start_time=tick, interval_s=1.0 / opts.rate)
+                engine.serve(max(1, int(opts.rate)))
+                while time.time() < tick + 1.0:  # outcomes fall due through the second
+                    engine.report_due(time.time())
+                    time.sleep(0.02)
                 children.check()
                 if tick - last_progress >= 10:
                     say(_progress(t0, engine, opts, registry))
                     last_progress = tick
-                time.sleep(max(0.0, 1.0 - (time.time() - tick)))
         except KeyboardInterrupt:
-            say("interrupted: stopping the streamer and the trainer, then the summary")
+            say("interrupted: stopping the service, the streamer and the trainer, then the summary")
+        engine.report_due(float("inf"))  # the search engine reports what it still owes before it stops
         say(_progress(t0, engine, opts, registry))
     finally:
         codes = children.stop()
         log.info("demo children stopped: %s", codes)
     say("== 3/3 summary (true values from the simulator)")
     summary = summarise(opts, world, t0, engine.served)
+    summary["service_latency"] = engine.latency()
+    summary["outcomes_reported"] = engine.reported
     results = opts.dir / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "demo_summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,11 @@ class DemoOptions:
     cycles: int = 0  # stop once this many training cycles are registered (0 = run until `minutes`)
     dir: Path = Path("data/demo")
     history: int = 200_000  # logged searches before rankrl starts (about 3 h of traffic at 20/s)
-    rate: float = 400.0  # live searches per second
+    rate: float = 200.0  # live searches per second, ranked through rankrl serve
+    serve_port: int = 8180  # where the demo's `rankrl serve` listens (loopback)
+    max_outcome_delay_s: float = 5.0  # each outcome is reported up to this long after its search
+    join_window_s: float = 20.0  # the attribution window (join.window_s): short, so live rows reach the buffer soon
+    join_lateness_s: float = 5.0
     interval_minutes: float = 1.0  # trainer schedule
     steps_per_cycle: int = TrainerConfig.steps_per_cycle
     holdout_fraction: float = 0.5

@@ -134,6 +134,9 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("  champion: none promoted; the logging policy still serves (see the reasons above)")
+    for name, lat in (s.get("service_latency") or {}).items():
+        lines.append(f"  rankrl serve /{name.replace('_', '/')}: {lat['calls']:,} calls as the engine saw them, "
+                     f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")  # fmt: skip
     lines.append("  TRUE: the simulator's exact expected conversion of the version's served policy, with exploration.")
     lines.append("  (step t): the estimate and LCB Δ are those of the candidate moved t of the way from the champion")
     lines.append("  (or the logger): the step promoted, which is what serves, or the first step that failed.")

@@ -60,9 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "demo",
         help="the whole loop in one process group: simulated traffic, streamer, scheduled trainer, gate, summary",
-        description="Simulate a logging policy's history, stream it and live traffic (served by the current "
-        "champion) into the buffer, train and gate on a schedule, and print each cycle's estimated and true "
-        "conversion. No Kafka needed.",
+        description="Simulate a logging policy's history, then live traffic ranked through `rankrl serve` over HTTP "
+        "with outcomes reported later; the streamer joins them into the buffer, the trainer trains and gates on a "
+        "schedule, and the summary prints each cycle's estimated and true conversion. No Kafka needed.",
     )
     s.add_argument("--minutes", type=float, default=d.minutes, help=f"total wall time (default {d.minutes:g})")
     s.add_argument("--cycles", type=int, default=d.cycles, help="stop earlier, once this many cycles are registered")
@@ -76,6 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=d.seed, help="traffic seed (default 0)")
     s.add_argument("--streamer-metrics-port", type=int, default=d.streamer_metrics_port, help="0 for none (9108)")
     s.add_argument("--trainer-metrics-port", type=int, default=d.trainer_metrics_port, help="0 for none (9109)")
+    s.add_argument("--serve-port", type=int, default=d.serve_port, help=f"rankrl serve on loopback ({d.serve_port})")
     s.set_defaults(func=cmd_demo)
 
 
@@ -160,6 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         streamer_metrics_port=args.streamer_metrics_port,
         trainer_metrics_port=args.trainer_metrics_port,
+        serve_port=args.serve_port,
     )
     try:
         summary = run_demo(opts)

@@ -105,34 +105,37 @@ def _events(
     interval_s: float,
     policy_version: str,
 ) -> list[dict]:
-    shown, level = world.sample_levels(ctx, actions, rng)
-    n = len(shown)
-    ids = rng.integers(0, 2**63, size=(n, 2))
+    shown = served_outcomes(world, ctx, actions, rng)
+    ids = rng.integers(0, 2**63, size=(len(ctx), 2))
+    states = event_states(ctx)
     events = []
-    for r in range(n):
-        deepest = int(level[r].max())
-        ua = LEVELS[deepest]
-        ranks = [int(j) + 1 for j in np.flatnonzero(level[r])]
-        pidx = shown[r]
-        prod_ids = [f"p{int(ctx.brands[r, j]):02d}{int(ctx.categories[r, j])}{int(j):03d}" for j in pidx]
-        meta = [
-            {
-                "product_id": prod_ids[t],
-                "price": round(float(ctx.prices[r, j]), 2),
-                "category": CATEGORIES[int(ctx.categories[r, j])],
-                "brand": BRANDS[int(ctx.brands[r, j])],
-                "discounted": bool(ctx.discounted[r, j]),
-            }
-            for t, j in enumerate(pidx)
-        ]
-        purchased = [rk for rk in ranks if level[r, rk - 1] == 4]
-        st = ctx.states[r]
-        a_r, s_r = ctx.brand_affinity[r], ctx.category_spend[r]
+    for r, (ranking, meta, outcomes) in enumerate(shown):
         ev: dict[str, object] = {
             "log_id": str(uuid.UUID(int=(int(ids[r, 0]) << 64) | int(ids[r, 1]), version=4)),
             "created_at": datetime.fromtimestamp(t0 + (i0 + r) * interval_s, UTC).isoformat(),
             "session_id": f"s{int(ids[r, 0]) % 10**9:09d}",
-            "state": {
+            "state": states[r],
+            "action": {key: float(actions[r, j]) for j, key in enumerate(ACTION_KEYS)},
+            "ranking": ranking,
+            "ranking_metadata": meta,
+            "outcomes": outcomes,
+            "reward": None,
+            "policy_version": policy_version,
+        }
+        if logp is not None and np.isfinite(logp[r]):
+            ev["log_propensity"] = float(logp[r])
+        events.append(ev)
+    return events
+
+
+def event_states(ctx: Contexts) -> list[dict]:
+    """Each search's `state` object as the search engine logs it (and sends it to `rankrl serve`)."""
+    out = []
+    for r in range(len(ctx)):
+        st = ctx.states[r]
+        a_r, s_r = ctx.brand_affinity[r], ctx.category_spend[r]
+        out.append(
+            {
                 "user_features": {
                     "luxury_affinity": float(ctx.user[r, 0]),
                     "hesitation_count": int(ctx.user[r, 1]),
@@ -156,23 +159,41 @@ def _events(
                     "query_has_price_terms": bool(ctx.session[r, 2]),
                     "previous_searches_count": int(ctx.session[r, 3]),
                 },
-            },
-            "action": {key: float(actions[r, j]) for j, key in enumerate(ACTION_KEYS)},
-            "ranking": prod_ids,
-            "ranking_metadata": meta,
-            "outcomes": {
-                "user_action": ua,
-                "purchased_ranks": purchased,
-                "purchased_total_value": round(float(sum(ctx.prices[r, pidx[rk - 1]] for rk in purchased)), 2),
-                "interacted_ranks": ranks,
-            },
-            "reward": None,
-            "policy_version": policy_version,
+            }
+        )
+    return out
+
+
+def served_outcomes(
+    world: RankingWorld, ctx: Contexts, actions: np.ndarray, rng: np.random.Generator
+) -> list[tuple[list[str], list[dict], dict]]:
+    """Rank each search's candidates with the served weights and draw what its user did: per search the ranking
+    shown (product ids), its metadata and the `outcomes` object, as the search engine reports them."""
+    shown, level = world.sample_levels(ctx, actions, rng)
+    out = []
+    for r in range(len(shown)):
+        ranks = [int(j) + 1 for j in np.flatnonzero(level[r])]
+        pidx = shown[r]
+        prod_ids = [f"p{int(ctx.brands[r, j]):02d}{int(ctx.categories[r, j])}{int(j):03d}" for j in pidx]
+        meta = [
+            {
+                "product_id": prod_ids[t],
+                "price": round(float(ctx.prices[r, j]), 2),
+                "category": CATEGORIES[int(ctx.categories[r, j])],
+                "brand": BRANDS[int(ctx.brands[r, j])],
+                "discounted": bool(ctx.discounted[r, j]),
+            }
+            for t, j in enumerate(pidx)
+        ]
+        purchased = [rk for rk in ranks if level[r, rk - 1] == 4]
+        outcomes = {
+            "user_action": LEVELS[int(level[r].max())],
+            "purchased_ranks": purchased,
+            "purchased_total_value": round(float(sum(ctx.prices[r, pidx[rk - 1]] for rk in purchased)), 2),
+            "interacted_ranks": ranks,
         }
-        if logp is not None and np.isfinite(logp[r]):
-            ev["log_propensity"] = float(logp[r])
-        events.append(ev)
-    return events
+        out.append((prod_ids, meta, outcomes))
+    return out
 
 
 def write_jsonl(world: RankingWorld, path: str, n: int, seed: int, **kwargs: object) -> int:
@@ -183,6 +204,37 @@ def write_jsonl(world: RankingWorld, path: str, n: int, seed: int, **kwargs: obj
             f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
             written += len(events)
     return written
+
+
+def decision_records(events: list[dict], rng: np.random.Generator, max_delay_s: float) -> tuple[list[dict], list[dict]]:
+    """Logged events as `rankrl serve` logs them: one decision per search (what was known and served) and, for each
+    search whose user did something, its outcome as the search engine reports it, 0 to `max_delay_s` later
+    (stamped then; no report is the default "none"). Outcomes come back in the order they were reported."""
+    decisions, outcomes = [], []
+    for ev in events:
+        d = {k: ev[k] for k in ("log_id", "created_at", "state", "action", "policy_version", "session_id")}
+        d["log_propensity"] = ev["log_propensity"]
+        decisions.append(d)
+        if ev["outcomes"]["user_action"] != "none":
+            t = datetime.fromisoformat(ev["created_at"]).timestamp() + float(rng.uniform(0.0, max_delay_s))
+            o = {k: ev[k] for k in ("log_id", "ranking", "ranking_metadata", "outcomes")}
+            outcomes.append({**o, "created_at": t})
+    outcomes.sort(key=lambda o: o["created_at"])
+    for o in outcomes:
+        o["created_at"] = datetime.fromtimestamp(o["created_at"], UTC).isoformat()
+    return decisions, outcomes
+
+
+def write_decision_logs(world: RankingWorld, decisions_path: str, outcomes_path: str, n: int, seed: int,
+                        max_delay_s: float = 5.0, **kwargs: object) -> int:  # fmt: skip
+    """Write n logged searches as the decision service's two logs (JSONL, what the streamer's join reads)."""
+    rng = np.random.default_rng(seed + 7)
+    with open(decisions_path, "wb") as fd, open(outcomes_path, "wb") as fo:
+        for _, _, _, events in simulate(world, n, seed, **kwargs):  # type: ignore[arg-type]
+            decisions, outcomes = decision_records(events, rng, max_delay_s)
+            fd.write(b"".join(orjson.dumps(d) + b"\n" for d in decisions))
+            fo.write(b"".join(orjson.dumps(o) + b"\n" for o in outcomes))
+    return n
 
 
 def buffer_columns(world: RankingWorld, policy: Policy, ex: DirichletExploration, n: int, rng: np.random.Generator,
