@@ -171,7 +171,14 @@ class KafkaLog:
         self._ok = True
 
     def ready(self) -> bool:
-        return self._ok and bool(self.producer.bootstrap_connected())
+        # bootstrap_connected() turns False once kafka-python drops the bootstrap connection (after the first
+        # metadata), so it reported an idle, healthy producer as failing: ask whether the sender thread runs and
+        # the cluster's brokers are known; a failed write (self._ok) covers an unreachable broker.
+        sender = getattr(self.producer, "_sender", None)
+        metadata = getattr(self.producer, "_metadata", None)
+        alive = sender is None or sender.is_alive()
+        brokers = metadata is None or bool(metadata.brokers())
+        return self._ok and alive and brokers
 
     def close(self) -> None:
         self.producer.close(timeout=10)
