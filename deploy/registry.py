@@ -20,6 +20,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -30,6 +31,8 @@ from typing import Any
 
 from common.durable import atomic_write_bytes, file_lock, fsync_dir
 from common.gate_report import GateReport
+
+VERSION_NAME = re.compile(r"v[0-9]{4,}")  # what register() names versions: no separators, no "..", no paths
 
 
 class RegistryError(RuntimeError):
@@ -73,13 +76,20 @@ class ModelRegistry:
         return file_lock(self.lock_path)
 
     def versions(self) -> list[str]:
-        return sorted(p.name for p in self.root.glob("v[0-9]*") if (p / "manifest.json").exists())
+        return sorted(
+            p.name
+            for p in self.root.glob("v[0-9]*")
+            if VERSION_NAME.fullmatch(p.name) and (p / "manifest.json").exists()
+        )
 
     def latest(self) -> str | None:
         v = self.versions()
         return v[-1] if v else None
 
     def manifest(self, version: str) -> dict[str, Any]:
+        if not VERSION_NAME.fullmatch(version):
+            # names come from the command line and the champion pointer: never a path out of the registry
+            raise UnknownVersion(f"{version!r} is not a model version name (v0001, v0002, …)")
         path = self.root / version / "manifest.json"
         if not path.exists():
             known = ", ".join(self.versions()) or "none"
@@ -116,7 +126,9 @@ class ModelRegistry:
         out = []
         for line in self.history_path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a torn last line after a crash
-                out.append(json.loads(line))
+                entry = json.loads(line)
+                if isinstance(entry, dict):  # anything else is not a record this registry wrote
+                    out.append(entry)
         return out
 
     def _append_history(self, entry: Mapping[str, Any]) -> None:

@@ -60,6 +60,29 @@ def test_unknown_version(tmp_path: Path) -> None:
         reg.rollback(reason="x")
 
 
+@pytest.mark.parametrize("name", ["../other/v0001", "/tmp/v0001", "v0001/..", "v0001/../v0001", "..", "v1"])
+def test_a_path_is_never_a_version(tmp_path: Path, name: str) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    make(reg, tmp_path)
+    other = ModelRegistry(tmp_path / "other")
+    make(other, tmp_path)
+    with pytest.raises(UnknownVersion, match="not a model version name"):
+        reg.promote(name, reason="x", force=True)
+    assert reg.champion() is None
+
+
+def test_a_history_line_that_is_not_a_record_is_skipped(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "m")
+    v1 = make(reg, tmp_path)
+    reg.promote(v1, reason="first")
+    with open(reg.history_path, "a") as f:
+        f.write('"a string"\n[1, 2]\n42\n')
+    v2 = make(reg, tmp_path, parent=v1)
+    reg.promote(v2, reason="second")
+    assert [h["version"] for h in reg.history() if h["action"] == "promote"] == [v1, v2]
+    assert reg.rollback(reason="back")[1] == v1
+
+
 def _promote(args: tuple[str, str]) -> str:
     root, version = args
     ModelRegistry(root).promote(version, reason=f"race {version}")
