@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from common.config import ConfigError
+from rankrl import __version__
 from rankrl.commands import daemons, inspect, offline, registry
 
 log = logging.getLogger("rankrl")
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rankrl",
         description="Keep a search-ranking policy learning from live traffic (see README.md).",
     )
+    p.add_argument("--version", action="version", version=f"rankrl {__version__}")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (offline, inspect, daemons, registry):

@@ -39,6 +39,13 @@ def test_help_lists_subcommands() -> None:
         assert sub.returncode == 0 and "usage: rankrl " + name in sub.stdout
 
 
+def test_version() -> None:
+    from rankrl import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"rankrl {__version__}"
+
+
 def test_bad_usage_exits_2() -> None:
     r = run_cli("simulate")
     assert r.returncode == 2
