@@ -19,6 +19,7 @@ import contextlib
 import getpass
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from typing import Any
 from common.durable import atomic_write_bytes, file_lock, fsync_dir
 from common.gate_report import GateReport
 
+log = logging.getLogger(__name__)
 VERSION_NAME = re.compile(r"v[0-9]{4,}")  # what register() names versions: no separators, no "..", no paths
 
 
@@ -41,6 +43,10 @@ class RegistryError(RuntimeError):
 
 class UnknownVersion(RegistryError):
     pass
+
+
+class DamagedPointer(RegistryError):
+    """The champion pointer cannot be read; `promote --force` rewrites it."""
 
 
 class ChecksumMismatch(RegistryError):
@@ -115,10 +121,20 @@ class ModelRegistry:
 
     def champion(self) -> str | None:
         try:
-            v: str = json.loads(self.champion_path.read_text())["version"]
-            return v
+            v = json.loads(self.champion_path.read_text())["version"]
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError, KeyError) as e:  # ValueError covers bad JSON and bad UTF-8
+            raise DamagedPointer(
+                f"the champion pointer {self.champion_path} is damaged ({type(e).__name__}: {e}); repair it with "
+                "`rankrl promote VERSION --force --reason ...` (see `rankrl models` and history.jsonl)"
+            ) from None
+        if not isinstance(v, str) or not VERSION_NAME.fullmatch(v):
+            raise DamagedPointer(
+                f"the champion pointer {self.champion_path} names {v!r}, not a model version; repair it with "
+                "`rankrl promote VERSION --force --reason ...`"
+            )
+        return v
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():
@@ -193,7 +209,13 @@ class ModelRegistry:
                 decided = "nothing" if report is None else report.decision
                 why = "no report" if report is None else ", ".join(report.reasons)
                 raise RegistryError(f"model {version}: the gate decided {decided} ({why}); use --force to override")
-            previous = self.champion()
+            try:
+                previous = self.champion()
+            except DamagedPointer as e:
+                if not force:
+                    raise
+                log.warning("%s: promote --force rewrites it", e)
+                previous = None
             if previous == version:
                 raise RegistryError(f"model {version} is already the champion")
             self._set_champion(version)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from common.config import ConfigError
+from deploy.registry import RegistryError
 from rankrl import __version__
 from rankrl.commands import daemons, inspect, offline, registry
 
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return 2
+    except RegistryError as e:  # a damaged registry file: say which and how to repair it, no traceback
+        log.error("%s", e)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `rankrl models | head`

@@ -83,6 +83,27 @@ def test_a_history_line_that_is_not_a_record_is_skipped(tmp_path: Path) -> None:
     assert reg.rollback(reason="back")[1] == v1
 
 
+@pytest.mark.parametrize("garbage", [b"\x00\xff garbage", b"[]", b'{"version": 3}', b'{"version": "../x"}', b"{}"])
+def test_a_damaged_champion_pointer_is_a_clear_error_and_promote_force_repairs_it(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    from tests.test_cli_smoke import run_cli
+
+    reg = ModelRegistry(tmp_path / "m")
+    v1 = make(reg, tmp_path)
+    reg.promote(v1, reason="first")
+    reg.champion_path.write_bytes(garbage)
+    with pytest.raises(RegistryError, match=r"champion pointer .* repair it with `rankrl promote VERSION --force"):
+        reg.champion()
+    sets = ["--set", f"paths.registry_dir={reg.root}"]
+    for cmd in (["status"], ["models"], ["rollback", "--reason", "x"]):
+        r = run_cli(*cmd, *sets)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and "champion pointer" in r.stderr, (cmd, r.stderr)
+    r = run_cli("promote", v1, "--force", "--reason", "repair", *sets)
+    assert r.returncode == 0, r.stderr
+    assert reg.champion() == v1
+
+
 def _promote(args: tuple[str, str]) -> str:
     root, version = args
     ModelRegistry(root).promote(version, reason=f"race {version}")
