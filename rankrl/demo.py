@@ -223,10 +223,6 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
     children = Children(opts)
     url = f"http://127.0.0.1:{opts.serve_port}"
     engine = SearchEngine(world, url, opts.seed + 1000, opts.max_outcome_delay_s)
-    join = [
-        "--set", f"join.window_s={opts.join_window_s}",
-        "--set", f"join.lateness_s={opts.join_lateness_s}",
-    ]  # fmt: skip
     try:
         children.start(
             "streamer",
@@ -236,7 +232,8 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
                 "--outcomes", f"file://{outcomes}",
                 "--metrics-port", str(opts.streamer_metrics_port),
                 "--set", "streamer.segment_max_age_s=5",
-                *join,
+                "--set", f"join.window_s={opts.join_window_s}",
+                "--set", f"join.lateness_s={opts.join_lateness_s}",
             ],
         )  # fmt: skip
         while buffer_rows(opts.dir / "buffer") < opts.history:

@@ -35,6 +35,11 @@ def test_demo_promotes_a_champion_that_truly_converts_better(tmp_path: Path) -> 
     # the claim the demo makes: the promoted policy truly converts better than the logging policy
     assert s["champion_true_conversion"] > s["logging_true_conversion"]
     assert s["buffer_rows"] >= s["options"]["history"]
+    # live traffic went through rankrl serve and the join: ranked over HTTP, outcomes reported, rows stored
+    assert s["service_latency"]["rank_batch"]["calls"] > 0 and s["service_latency"]["outcome"]["calls"] > 0
+    assert s["outcomes_reported"] == s["service_latency"]["outcome"]["calls"]
+    decisions = (tmp_path / "decisions.jsonl").read_text().splitlines()
+    assert len(decisions) > s["options"]["history"]  # serve appended the live decisions to the history's log
     assert (tmp_path / "results" / "demo_conversion.png").stat().st_size > 10_000
     # the children stopped and logged; live searches were served by the new champion only after its promotion
     assert (tmp_path / "logs" / "streamer.log").exists() and (tmp_path / "logs" / "trainer.log").exists()
