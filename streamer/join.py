@@ -10,7 +10,9 @@ A decision opens a window of `join.window_s` (the attribution window) from its `
 when the watermark passes its end; the event is then emitted, with `user_action: "none"` (the default reward) when
 no outcome came. The watermark is event time: the oldest of the newest times seen per partition (of both streams:
 outcomes read behind their decisions hold it back), less `join.lateness_s`, so a slow partition or a restart does
-not close windows early. A partition with nothing new counts as having moved on by the wall-clock time since its
+not close windows early. It does not move while a partition the source owns has records to read but none has been
+read from it yet: after a restart, a backlog of decisions read before their outcomes' partition would otherwise
+close their windows empty. A partition with nothing new counts as having moved on by the wall-clock time since its
 last read (its newest time + that elapsed time): windows still close on a quiet stream, and a backfill of old
 traffic is not closed by the clock. An outcome whose decision has not been seen waits `join.lateness_s` of event
 time for it (the outcome topic may run ahead), then is dead-lettered `unknown_decision`; one for a decision already
@@ -208,7 +210,10 @@ class JoinSource:
         )
 
     def _close_windows(self) -> list[Record]:
-        if self._newest:
+        # A partition owned but not heard from yet (just after a start or a rebalance) may hold the outcomes of the
+        # open decisions: the watermark waits for its first records, or for the source to say it has none.
+        unheard = self.inner.behind() - self._newest.keys()
+        if self._newest and not unheard:
             now = self.clock()
             wm = min(t + (now - wall) for t, wall in self._newest.values()) - self.lateness_s
             self._watermark = max(self._watermark, wm)
@@ -291,6 +296,9 @@ class JoinSource:
     def caught_up(self) -> bool:
         return self.inner.caught_up() and not self._open and not self._waiting
 
+    def behind(self) -> set[str]:
+        return self.inner.behind()
+
     def close(self) -> None:
         self.inner.close()
 
@@ -324,6 +332,9 @@ class BothFiles:
 
     def caught_up(self) -> bool:
         return all(p.caught_up() for p in self.parts)
+
+    def behind(self) -> set[str]:
+        return set().union(*(p.behind() for p in self.parts))
 
     def close(self) -> None:
         for p in self.parts:

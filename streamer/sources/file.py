@@ -120,5 +120,8 @@ class FileSource:
     def caught_up(self) -> bool:
         return True  # poll reads to the end of every file
 
+    def behind(self) -> set[str]:
+        return set()  # poll reads from every file each time
+
     def close(self) -> None:
         pass

@@ -275,6 +275,17 @@ class KafkaSource:
                 continue
         return out
 
+    def behind(self) -> set[str]:
+        out = set()
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            try:
+                if hw is None or tp in self._new or self.consumer.position(tp) < hw:
+                    out.add(self.key(tp))
+            except Exception:  # position unknown during a rebalance: not read yet
+                out.add(self.key(tp))
+        return out
+
     def caught_up(self) -> bool:
         """Partitions assigned and nothing left behind them (waiting for a rebalance is not idle)."""
         if not self.consumer.assignment() or self._new:

@@ -3,8 +3,14 @@ topics before the answers, then joined by the streamer into exactly one event pe
 
 from __future__ import annotations
 
+import heapq
+import http.client
+import random
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -12,6 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from common.buffer import open_buffer
+from streamer.encode import log_id_hash
 from tests.conftest import create_topic
 from tests.deploy.test_service import post, rank_request, serving
 from tests.kafka_broker import KafkaBroker
@@ -80,3 +87,138 @@ def test_the_join_refuses_topics_with_different_partition_counts(kafka: KafkaBro
            "--metrics-port", "0", "--stop-when-idle", "2"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "same partition count" in r.stderr, r.stderr[-2000:]
+
+
+class KeepAlive:
+    """One keep-alive HTTP connection to `rankrl serve` (a search engine's client), JSON in and out."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        self.conn.request("POST", path, orjson.dumps(body), {"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        return r.status, orjson.loads(r.read())
+
+
+def dead_letters(kafka: KafkaBroker, topic: str) -> list[tuple[str, str]]:
+    """(log_id, reason) of every dead letter in `topic`, duplicates kept."""
+    c = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=5_000, enable_auto_commit=False)  # fmt: skip
+    try:
+        return [(orjson.loads(m.value)["log_id"], dict(m.headers)["dlq.error.reason"].decode()) for m in c]
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_serve_and_the_join_keep_every_search_exactly_once_across_sigkills(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """A search engine ranks through `rankrl serve` (decisions to Kafka) and reports outcomes later: purchases,
+    a click then a purchase (merged), the same purchase twice, clicks after the attribution window, outcomes for
+    searches that never existed. Meanwhile the joining streamer is SIGKILLed 4 times at random moments and
+    restarted. The buffer holds one row per decision with its merged outcome (or "none"); every late and unknown
+    outcome is in the DLQ with its reason."""
+    window, lateness = 3.0, 1.0
+    dec, out = kafka.topic("decisions"), kafka.topic("outcomes")
+    create_topic(kafka, dec, partitions=3)
+    create_topic(kafka, out, partitions=3)
+    create_topic(kafka, dec + ".dlq", partitions=1)
+    buf = tmp_path / "buffer"
+    cmd = [sys.executable, "-m", "rankrl", "stream", "--decisions", f"kafka://{kafka.bootstrap}/{dec}",
+           "--outcomes", f"kafka://{kafka.bootstrap}/{out}", "--buffer", str(buf), "--metrics-port", "0",
+           "--group-id", kafka.topic("g"), "--set", f"join.window_s={window}", "--set", f"join.lateness_s={lateness}",
+           "--set", "streamer.segment_max_age_s=0.3", "--set", "streamer.segment_max_rows=200",
+           "--set", "streamer.group_instance_id=join-killer", "--set", "streamer.session_timeout_ms=10000"]  # fmt: skip
+    purchase = {"user_action": "purchase", "purchased_ranks": [1], "purchased_total_value": 199.0,
+                "interacted_ranks": [1]}  # fmt: skip
+    click = {"user_action": "click", "interacted_ranks": [2]}
+    expected: dict[str, str] = {}  # log_id -> what the buffer must say: "converted" or "not"
+    late: set[str] = set()
+    unknown: set[str] = set()
+    due: list[tuple[float, int, dict]] = []  # (wall time to post, tie-break, outcome): a heap
+    lock = threading.Lock()
+    done = threading.Event()
+    failures: list[str] = []  # what the client threads saw go wrong
+
+    with serving(tmp_path, decisions=f"kafka://{kafka.bootstrap}/{dec}",
+                 outcomes=f"kafka://{kafka.bootstrap}/{out}") as url:  # fmt: skip
+
+        def outcomes() -> None:  # posts each outcome when it is due, as a search engine reporting later would
+            client = KeepAlive(url)
+            while not (done.is_set() and not due):
+                with lock:
+                    item = heapq.heappop(due) if due and due[0][0] <= time.time() else None
+                if item is None:
+                    time.sleep(0.005)
+                    continue
+                code, answer = client.post("/v1/outcome", item[2])
+                if code != 202:
+                    failures.append(f"/v1/outcome {code}: {answer}")
+
+        poster = threading.Thread(target=outcomes)
+        poster.start()
+
+        def later(delay: float, body: dict) -> None:
+            with lock:
+                heapq.heappush(due, (time.time() + delay, len(expected) + len(due) + len(unknown), body))
+
+        def rank() -> None:  # ~100 searches a second for ~12 s, 10 per batch call
+            client = KeepAlive(url)
+            for tick in range(120):
+                code, b = client.post("/v1/rank/batch", {"requests": [rank_request() for _ in range(10)]})
+                if code != 200:
+                    failures.append(f"/v1/rank/batch {code}: {b}")
+                    return
+                for r in b["results"]:
+                    lid, i = r["log_id"], len(expected)
+                    if i % 3 == 0:
+                        later(0.3, {"log_id": lid, "ranking": ["prod_1"], "outcomes": purchase})
+                    elif i % 3 == 1:  # a click, then the purchase, reported twice: merged into one purchase
+                        later(0.2, {"log_id": lid, "ranking": ["prod_1", "prod_2"], "outcomes": click})
+                        later(0.6, {"log_id": lid, "ranking": ["prod_1"], "outcomes": purchase})
+                        later(0.7, {"log_id": lid, "ranking": ["prod_1"], "outcomes": purchase})
+                    if i % 7 == 0:  # after the attribution window: a dead letter, the row keeps what came in time
+                        later(window + 2.0, {"log_id": lid, "ranking": ["prod_1", "prod_2"], "outcomes": click})
+                        late.add(lid)
+                    expected[lid] = "converted" if i % 3 != 2 else "not"
+                if tick % 10 == 0:
+                    ghost = f"ghost-{tick}"
+                    unknown.add(ghost)
+                    later(0.1, {"log_id": ghost, "ranking": ["prod_1", "prod_2"], "outcomes": click})
+                time.sleep(0.1)
+
+        ranker = threading.Thread(target=rank)
+        ranker.start()
+        rnd = random.Random(11)
+        kills = []
+        while ranker.is_alive() or len(kills) < 4:
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rnd.uniform(2.0, 4.5))
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills.append(open_buffer(buf).stats()["rows"] if (buf / "manifest.json").exists() else 0)
+        ranker.join()
+        done.set()
+        poster.join()
+
+    assert not failures, failures[:5]
+    r = subprocess.run([*cmd, "--stop-when-idle", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w = open_buffer(buf).load()
+    hashes = w.column("log_id_hash").tolist()
+    want = {log_id_hash(lid): v for lid, v in expected.items()}
+    converted = dict(zip(hashes, w.column("converted").astype(bool).tolist(), strict=True))
+    lost = set(want) - set(hashes)
+    twice = len(hashes) - len(set(hashes))
+    print(f"serve+join kills={len(kills)} rows_at_kill={kills} decisions={len(want)} stored={len(hashes)} "
+          f"lost={len(lost)} duplicated={twice}")  # fmt: skip
+    assert not lost and not twice and set(hashes) == set(want)
+    wrong = [h for h, v in want.items() if converted[h] != (v == "converted")]
+    assert not wrong, f"{len(wrong)} searches stored with the wrong outcome"
+    letters = dead_letters(kafka, dec + ".dlq")
+    assert {lid for lid, reason in letters if reason == "late_outcome"} == late
+    assert {lid for lid, reason in letters if reason == "unknown_decision"} == unknown
+    assert {reason for _, reason in letters} == {"late_outcome", "unknown_decision"}
+    print(f"dead letters: {len(letters)} for {len(late) + len(unknown)} late or unknown outcomes "
+          f"(the Kafka DLQ is at least once across SIGKILL)")  # fmt: skip

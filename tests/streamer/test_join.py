@@ -20,6 +20,8 @@ from common.buffer import open_buffer
 from common.decisions import iso_now
 from common.exploration import DirichletExploration
 from common.schema import ACTION_KEYS
+from streamer.join import JoinSource
+from streamer.sources.base import Record
 from tests.helpers import original_example_event
 
 WINDOW, LATENESS = 10.0, 1.0
@@ -155,3 +157,50 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
     r = subprocess.run(stream_cmd(tmp_path, "--stop-when-idle", "2"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     check_buffer(tmp_path, expected)
+
+
+class TwoPartitions:
+    """A source that owns a decisions and an outcomes partition and hands out what the test queues, one poll at a
+    time; `behind` is what it has not handed out yet (Kafka: records behind the partition's end)."""
+
+    def __init__(self) -> None:
+        self.queued: list[list[Record]] = []
+
+    def poll(self, timeout_s: float) -> list[Record]:
+        return self.queued.pop(0) if self.queued else []
+
+    def behind(self) -> set[str]:
+        return {r.key for batch in self.queued for r in batch}
+
+    def commit(self, positions: dict[str, int]) -> bool:
+        return True
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def lag(self) -> dict[str, int]:
+        return {}
+
+    def caught_up(self) -> bool:
+        return not self.queued
+
+    def close(self) -> None: ...
+
+
+def test_after_a_restart_windows_wait_for_the_outcomes_partition(tmp_path: Path) -> None:
+    """A restart reads a backlog of decisions before the outcomes' partition (Kafka hands out one partition's
+    records per poll): their windows must not close empty before the outcomes are read."""
+    decisions, outcomes, expected = traffic(60, unknown=0)
+
+    def records(key: str, lines: list[tuple[float, bytes]]) -> list[Record]:
+        return [Record(key, i, i + 1, line.rstrip(b"\n"), topic=key) for i, (_, line) in enumerate(lines)]
+
+    src = TwoPartitions()
+    src.queued = [records("kafka:d:0", decisions), records("kafka:o:0", outcomes)]
+    now = [time.time()]
+    join = JoinSource(src, lambda r: r.key == "kafka:d:0", lambda r, e: None, WINDOW, LATENESS, clock=lambda: now[0])
+    events = [r for _ in range(3) for r in join.poll(0)]
+    now[0] += 10 * WINDOW  # the partitions go quiet: every window closes
+    events = [r for r in [*events, *join.poll(0)] if not r.marker]
+    assert len(events) == expected["rows"]
+    bought = sum(orjson.loads(r.value or b"")["outcomes"]["user_action"] == "purchase" for r in events)
+    assert bought == expected["converted"], f"{expected['converted'] - bought} windows closed before their outcomes"
