@@ -137,7 +137,7 @@ class KafkaLog:
         self.producer = KafkaProducer(
             acks="all",
             enable_idempotence=True,
-            linger_ms=1,
+            linger_ms=0,
             bootstrap_timeout_ms=bootstrap_timeout_ms,
             **client_kwargs,
         )

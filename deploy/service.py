@@ -19,9 +19,10 @@ behind a load balancer. Starlette on uvicorn, one event loop; the policy runs in
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -288,8 +289,15 @@ def run_serve(cfg: RankrlConfig) -> int:
     # one that only logs lets the service close its logs and exit 0 as the other daemons do.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: log.info("serve received %s: stopped", signal.Signals(signum).name))
+    # Everything loaded so far (torch, the policy, the Kafka client) lives for the whole process: move it out of the
+    # collector's reach, so that a full collection under load walks only what requests allocate (p99, bench/results).
+    gc.collect()
+    gc.freeze()
+    # The event loop shares the GIL with kafka-python's sender thread: hand it over every 1 ms rather than 5 ms, so a
+    # response ready to go does not wait out the other thread's turn.
+    sys.setswitchinterval(0.001)
     try:
-        asyncio.run(server.serve())
+        server.run()  # on uvloop with httptools (uvicorn[standard]): ~2x less CPU a request than asyncio's loop
     finally:
         service.close()
         log.info("serve stopped")

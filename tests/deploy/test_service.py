@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 
 from common.exploration import DirichletExploration
@@ -145,24 +144,9 @@ def test_a_decision_that_cannot_be_logged_is_refused_with_503(tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def one_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with one registered (not promoted) version, trained for a few steps on simulated traffic."""
-    from common.config import load_config
-    from common.schema import parse_event
-    from rankrl.sim import RankingWorld, simulate
-    from streamer.writer import BufferWriter
-    from trainer.cycle import run_cycle
+    from rankrl.sim.registry import trained_registry
 
-    tmp = tmp_path_factory.mktemp("one")
-    w = BufferWriter(tmp / "buffer")
-    for j, e in enumerate(e for _, _, _, es in simulate(RankingWorld(), 3000, seed=2) for e in es):
-        ev = parse_event(orjson.dumps(e))
-        w.append("file:sim", j, j + 1, ev, reward=1.0 if ev.converted else 0.0)
-    w.seal()
-    paths = {"buffer_dir": str(tmp / "buffer"), "registry_dir": str(tmp / "models")}
-    cfg = load_config(environ={}, cli={"paths": paths, "trainer": {"steps_per_cycle": 20, "min_train_rows": 100},
-                                       "gate": {"min_holdout_rows": 10**9}})  # fmt: skip
-    r = run_cycle(cfg, ModelRegistry(tmp / "models"))
-    assert not r.promoted
-    return tmp / "models"
+    return trained_registry(tmp_path_factory.mktemp("one"))
 
 
 def test_a_new_champion_serves_without_a_restart_or_a_failed_request(tmp_path: Path, one_version: Path) -> None:
