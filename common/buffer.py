@@ -127,20 +127,26 @@ class Manifest:
 
     segments: list[dict[str, Any]] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)  # source partition key -> next position to read
+    # What the positions are positions in: "kafka:<topic>" -> {"topic_id", "cluster_id"} (a recreated topic or
+    # another cluster has other ids, and its offsets mean other records); {"reset": reason} after
+    # `rankrl reset-positions`, until the streamer records the new identity.
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"format_version": self.format_version, "segments": self.segments, "positions": self.positions},
+            {"format_version": self.format_version, "segments": self.segments, "positions": self.positions,
+             "sources": self.sources},
             indent=1,
-        ).encode()
+        ).encode()  # fmt: skip
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         d = json.loads(data)
         if d.get("format_version") != FORMAT_VERSION:
             raise BufferFormatError(f"manifest format {d.get('format_version')}, this rankrl reads {FORMAT_VERSION}")
-        return cls(segments=d["segments"], positions={k: int(v) for k, v in d["positions"].items()})
+        positions = {k: int(v) for k, v in d["positions"].items()}
+        return cls(segments=d["segments"], positions=positions, sources=dict(d.get("sources", {})))
 
 
 class BufferDir:

@@ -91,7 +91,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
         dead_letters = _kafka_dead_letters(cfg, ks)
 
         def source_factory(st: Streamer) -> Source:
-            return KafkaSource(ks, writer.stored_positions, st.drop_partitions)
+            return KafkaSource(ks, writer.stored_positions, st.drop_partitions, writer)
 
     else:
         path = Path(s.source[len("file://") :])
@@ -161,7 +161,7 @@ def _joining_streamer(
                     holder[0].drop(keys)
                 st.drop_partitions(keys)
 
-            inner = KafkaSource(ks, writer.stored_positions, revoked)
+            inner = KafkaSource(ks, writer.stored_positions, revoked, writer)
             counts = {t: len(inner.consumer.partitions_for_topic(t) or ()) for t in (ks.topic, outcomes_topic)}
             if len(set(counts.values())) != 1 or 0 in counts.values():
                 inner.close()

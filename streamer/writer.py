@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,6 +135,18 @@ class BufferWriter:
             return dict(self.dir.read_manifest().positions)
 
     # ------------------------------------------------------------------------------------------ append
+    def source_identity(self, source: str) -> dict[str, Any] | None:
+        """What the manifest says `source` ("kafka:<topic>") is: its ids, a pending reset, or None (never seen)."""
+        with self.dir.locked():
+            return self.dir.read_manifest().sources.get(source)
+
+    def record_source_identity(self, source: str, identity: dict[str, Any]) -> None:
+        """Store what `source` is now, durably, before any position in it is stored."""
+        with self.dir.locked():
+            m = self.dir.read_manifest()
+            m.sources[source] = identity
+            self.dir.write_manifest(m)
+
     def advance(self, key: str, next_position: int) -> None:
         """Mark a record as processed without storing a row (a dead letter or a duplicate)."""
         if next_position > self._pending.get(key, -1):

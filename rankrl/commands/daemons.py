@@ -24,6 +24,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
     s.set_defaults(func=cmd_stream)
 
+    s = sub.add_parser(
+        "reset-positions",
+        help="after a Kafka topic was recreated or moved: forget the buffer's positions in it (read it anew)",
+    )
+    add_config_flags(s)
+    s.add_argument("topic", help="the Kafka topic the streamer refused to resume")
+    s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
+    s.add_argument("--reason", required=True, help="why (kept in the buffer's manifest and logged by the streamer)")
+    s.set_defaults(func=cmd_reset_positions)
+
     s = sub.add_parser("train", help="run the trainer daemon: scheduled CQL cycles, gate, registry")
     add_config_flags(s)
     s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
@@ -61,6 +71,31 @@ def cmd_stream(args: argparse.Namespace) -> int:
     except (FatalSourceError, StreamerStopped) as e:
         log.error("streamer stopped: %s", e)
         return 1
+
+
+def cmd_reset_positions(args: argparse.Namespace) -> int:
+    """Forget the buffer's stored positions in a topic, so that the next streamer reads it from its beginning."""
+    from common.buffer import BufferDir, BufferFormatError
+
+    cfg = config_from(args, {"paths": {"buffer_dir": args.buffer}})
+    try:
+        buf = BufferDir(cfg.paths.buffer_dir)
+    except BufferFormatError as e:
+        log.error("reset-positions: %s", e)
+        return 1
+    source = f"kafka:{args.topic}"
+    with buf.locked():
+        m = buf.read_manifest()
+        dropped = {k: v for k, v in m.positions.items() if k.startswith(source + ":")}
+        if not dropped and source not in m.sources:
+            log.error("reset-positions: the buffer %s holds no positions in topic %s", buf.path, args.topic)
+            return 1
+        for k in dropped:
+            del m.positions[k]
+        m.sources[source] = {"reset": args.reason, "previous": m.sources.get(source), "positions": dropped}
+        buf.write_manifest(m)
+    print(f"forgot the positions in {args.topic} ({dropped}); the next streamer reads it from its beginning")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

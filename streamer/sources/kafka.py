@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from common.config import StreamerConfig
 from streamer.sources.base import FatalSourceError, Record
@@ -104,14 +104,36 @@ def _auth_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(ke, n) for n in names if hasattr(ke, n))
 
 
+class SourceIdentities(Protocol):
+    """Where the buffer keeps what each topic was when its positions were stored (streamer/writer.py)."""
+
+    def source_identity(self, source: str) -> dict[str, Any] | None: ...
+    def record_source_identity(self, source: str, identity: dict[str, Any]) -> None: ...
+
+
+def reset_hint(topic: str) -> str:
+    return (
+        f"If the topic was recreated or moved on purpose, stop every streamer of this buffer, run `rankrl "
+        f"reset-positions {topic} --buffer DIR --reason TEXT` once and start again: the topic is then read from its "
+        f"beginning (the rows already stored stay). Otherwise point the streamer at the cluster it was reading."
+    )
+
+
 class KafkaSource:
-    """A consumer-group member reading one topic; commits only durable positions."""
+    """A consumer-group member reading one topic; commits only durable positions.
+
+    Positions are offsets in one particular topic: a topic deleted and recreated under the same name, or the same
+    name on another cluster, has other records at those offsets. The buffer keeps each topic's id and cluster id
+    beside its positions; a partition whose stored position belongs to another topic (other ids, or a position past
+    the partition's end) stops the streamer with an error naming both, never a silent skip.
+    """
 
     def __init__(
         self,
         settings: KafkaSettings,
         stored_positions: Callable[[], dict[str, int]],
         on_revoked: Callable[[set[str]], None],
+        identities: SourceIdentities | None = None,
     ) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.errors import KafkaError
@@ -119,6 +141,7 @@ class KafkaSource:
         self.settings = settings
         self._stored_positions = stored_positions
         self._on_revoked = on_revoked
+        self._identities = identities
         self._lock = threading.Lock()
         self._new: set[Any] = set()
         self._floor: dict[Any, int] = {}
@@ -194,9 +217,19 @@ class KafkaSource:
         if not new:
             return new
         stored = self._stored_positions()
+        reset = {topic for topic in {tp.topic for tp in new} if self._check_identity(topic, stored)}
+        ends = self.consumer.end_offsets(list(new))
         for tp in new:
-            committed = self.consumer.committed(tp)
+            # after a reset the group's committed offsets may still be the old topic's: read from the beginning
+            committed = None if tp.topic in reset else self.consumer.committed(tp)
             floor = max(stored.get(self.key(tp), 0), committed or 0)
+            end = ends.get(tp)
+            if end is not None and floor > end:
+                raise FatalSourceError(
+                    f"kafka topic {tp.topic} partition {tp.partition}: the stored position {floor} (buffer "
+                    f"{stored.get(self.key(tp))}, group {committed}) is past the partition's end {end}: the topic was "
+                    f"recreated, or this is another cluster. {reset_hint(tp.topic)}"
+                )
             self._floor[tp] = floor
             self.consumer.seek(tp, floor)
             log.info(
@@ -207,6 +240,36 @@ class KafkaSource:
                 committed,
             )
         return new
+
+    def _check_identity(self, topic: str, stored: dict[str, int]) -> bool:
+        """Compare the topic's ids with the buffer's record of them (recording them the first time); True when
+        an operator reset is pending (the topic is read from its beginning), FatalSourceError on a mismatch."""
+        if self._identities is None:
+            return False
+        client = getattr(self.consumer, "_client", None)  # kafka-python keeps the cluster metadata there
+        cluster = getattr(client, "cluster", None)
+        topic_id = cluster.topic_id(topic) if cluster is not None else None
+        now = {"topic_id": str(topic_id) if topic_id else None, "cluster_id": getattr(cluster, "cluster_id", None)}
+        source = f"kafka:{topic}"
+        before = self._identities.source_identity(source)
+        if before is None or "reset" in before:
+            self._identities.record_source_identity(source, now)
+            if before is not None:
+                log.warning("kafka topic %s: positions were reset (%s); reading from the beginning, ids %s",
+                            topic, before["reset"], now)  # fmt: skip
+            return before is not None
+        changed = [f for f in ("cluster_id", "topic_id") if before.get(f) and now.get(f) and before[f] != now[f]]
+        if changed:
+            at = {k.rsplit(":", 1)[1]: v for k, v in stored.items() if k.startswith(f"kafka:{topic}:")}
+            raise FatalSourceError(
+                f"kafka topic {topic} is not the one the buffer's positions were read from: "
+                + ", ".join(f"{f} was {before[f]}, now {now[f]}" for f in changed)
+                + f". Stored positions by partition: {at}; reading on from them would skip or repeat records. "
+                + reset_hint(topic)
+            )
+        if now != before and all(now.values()):
+            self._identities.record_source_identity(source, now)  # ids learnt since (a newer broker)
+        return False
 
     def poll(self, timeout_s: float) -> list[Record]:
         try:
