@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from common.durable import atomic_write_bytes, file_lock, fsync_dir
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MAGIC = b"RANKRLS1"
@@ -175,7 +178,9 @@ class BufferDir:
         atomic_write_bytes(self.manifest_path, m.to_json())
 
     def recover(self) -> Manifest:
-        """Under the lock: drop temporary files, adopt sealed segments the manifest missed (crash after rename)."""
+        """Under the lock: drop temporary files, adopt sealed segments the manifest missed (a crash after the
+        rename). A segment whose positions the manifest has already passed was sealed again after its manifest
+        write failed (its rows are stored under another name): it is removed, not adopted."""
         m = self.read_manifest()
         listed = {s["name"] for s in m.segments}
         changed = False
@@ -185,6 +190,11 @@ class BufferDir:
             if p.name in listed:
                 continue
             h = read_segment_header(p)
+            ahead = [k for k, nxt in h.get("positions", {}).items() if int(nxt) > m.positions.get(k, 0)]
+            if not ahead:
+                log.warning("buffer %s: removing %s, whose rows were sealed again after a failed seal", self.path, p)
+                p.unlink()
+                continue
             m.segments.append(segment_entry(p, h))
             for key, nxt in h.get("positions", {}).items():
                 m.positions[key] = max(m.positions.get(key, 0), int(nxt))

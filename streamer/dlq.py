@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 class DeadLetters(Protocol):
     def write(self, record: Record, error: InvalidEvent) -> None: ...
-    def flush(self) -> None: ...
+    def flush(self) -> int:
+        """Make every written dead letter durable (or raise, keeping them); returns how many became durable."""
+        ...
+
     def sealed(self, positions: dict[str, int]) -> None: ...
     @property
     def pending_bytes(self) -> int: ...
@@ -133,21 +136,28 @@ class FileDeadLetters:
         self._pending_bytes += len(line)
         self._seen.add((record.key, record.offset))
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         if not self._pending:
-            return
-        with open(self.path, "ab") as f:
-            start = f.tell()
+            return 0
+        # Unbuffered: a buffered file retries its partial write when it is truncated or closed, so after a full
+        # disk the truncate below would fail and leave a torn line for the next entry to be glued onto.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
             try:
-                f.write(b"".join(self._pending))
-                f.flush()
-                os.fsync(f.fileno())
+                view = memoryview(b"".join(self._pending))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
             except OSError:
-                # A partial append (disk full) must not leave a torn line for the next entry to be glued onto.
-                with contextlib.suppress(OSError):  # else repaired on the next open
-                    f.truncate(start)
+                with contextlib.suppress(OSError):  # else the torn tail is cut on the next open
+                    os.ftruncate(fd, start)
                 raise
+        finally:
+            os.close(fd)
+        done = len(self._pending)
         self._pending, self._pending_bytes = [], 0
+        return done
 
     def sealed(self, positions: dict[str, int]) -> None:
         """Positions are durable: forget entries below them, and rotate the file once it is large."""
@@ -166,7 +176,10 @@ class FileDeadLetters:
         log.info("dead letters rotated %s (keeping %d old files)", self.path, self.keep_files)
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except OSError as e:  # not committed: their records are read again and dead-lettered then
+            log.error("dead letters %s: %d not written at close: %s", self.path, len(self._pending), e)
 
 
 _SIZE_ERRORS = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidRecordError")
@@ -237,9 +250,10 @@ class KafkaDeadLetters:
         self._pending.append(entry)
         self._pending_bytes += len(value or b"")
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         if not self._pending:
-            return
+            return 0
+        total = len(self._pending)
         self.producer.flush(timeout=30)
         failed: list[list[Any]] = []
         first_error: Exception | None = None
@@ -259,10 +273,14 @@ class KafkaDeadLetters:
             if first_error is not None:
                 raise first_error
             self.flush()  # only size refusals: their value-less resends are confirmed now
+        return total
 
     def sealed(self, positions: dict[str, int]) -> None:
         pass
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except Exception as e:  # not committed: their records are read again and dead-lettered then
+            log.error("dead letters to %s: %d not confirmed at close: %s", self.topic, len(self._pending), e)
         self.producer.close(timeout=10)

@@ -194,7 +194,6 @@ class Streamer:
         """Route one record to the dead-letter sink, counted by reason (durable before the next seal's commit)."""
         self.dead_letters.write(record, error)
         self.metrics.rejected.labels(reason=error.reason).inc()
-        self.metrics.dlq_writes.inc()
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit; on disk or broker errors pause and retry."""
@@ -203,7 +202,7 @@ class Streamer:
         while True:
             try:
                 with self.lock:
-                    self.dead_letters.flush()
+                    self.metrics.dlq_writes.inc(self.dead_letters.flush())  # counted once the sink confirmed
                     before = self.writer.segments_sealed, self.writer.evicted_segments
                     positions = self.writer.seal()
                 break
@@ -221,9 +220,10 @@ class Streamer:
         self.metrics.evicted.inc(self.writer.evicted_segments - before[1])
         if positions:
             self.dead_letters.sealed(positions)
-            if not self.source.commit(positions):
+            if self.source.commit(positions):
+                self.metrics.last_commit.set(time.time())
+            else:
                 self.metrics.errors.labels(kind="commit").inc()
-            self.metrics.last_commit.set(time.time())
         self.metrics.unsealed_rows.set(self.writer.unsealed_rows)
         self._refresh_gauges()
 

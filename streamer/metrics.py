@@ -20,7 +20,9 @@ class StreamerMetrics:
         self.duplicates = Counter(
             p + "duplicates", "Events dropped as duplicates of a stored log id", registry=registry
         )
-        self.dlq_writes = Counter(p + "dlq_writes", "Records written to the dead-letter destination", registry=registry)
+        self.dlq_writes = Counter(
+            p + "dlq_writes", "Dead letters made durable (file fsynced, or confirmed by the broker)", registry=registry
+        )
         self.sealed = Counter(p + "segments_sealed", "Segments sealed durably", registry=registry)
         self.evicted = Counter(p + "segments_evicted", "Segments removed by retention", registry=registry)
         self.buffer_rows = Gauge(p + "buffer_rows", "Rows in sealed segments", registry=registry)

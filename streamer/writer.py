@@ -262,7 +262,14 @@ class BufferWriter:
             for k, nxt in positions.items():
                 m.positions[k] = max(m.positions.get(k, 0), nxt)
             evicted = self._retention(m)
-            self.dir.write_manifest(m)
+            try:
+                self.dir.write_manifest(m)
+            except BaseException:
+                # The rows stay in memory for the retry, which seals them under a new name: the segment the
+                # manifest never listed must not stay behind for the next start to adopt (rows stored twice).
+                if n:
+                    path.unlink(missing_ok=True)
+                raise
             for name in evicted:
                 (self.dir.segments_dir / name).unlink(missing_ok=True)
         self.segments_sealed += 1 if n else 0

@@ -96,3 +96,37 @@ def test_a_position_past_the_log_end_is_refused_without_recorded_ids(kafka: Kafk
     r = stream(kafka, topic, buf, group)
     assert r.returncode == 1 and "is past the partition's end" in r.stderr, r.stderr[-2000:]
     assert open_buffer(buf).load().rows == 100
+
+
+def test_a_dead_letter_topic_that_refuses_records_commits_nothing_and_counts_nothing(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The DLQ topic's max.message.bytes is smaller than any dead letter, even without its value. Today's failure:
+    none arrived, yet the offsets past them were committed and dlq_writes_total counted them. Now the streamer
+    pauses, commits nothing past a dead letter the broker did not take, counts none as written, and stops
+    non-zero when the refusal lasts."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from prometheus_client import CollectorRegistry
+
+    from streamer.daemon import build_streamer
+    from streamer.loop import StreamerStopped
+    from tests.integration.test_streamer_kafka import MALFORMED, _committed, config
+
+    topic, group, buf = kafka.topic("dlqrefuses"), kafka.topic("g"), tmp_path / "buffer"
+    create_topic(kafka, topic)
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic + ".dlq", 1, 1, topic_configs={"max.message.bytes": "64"})])
+    finally:
+        admin.close()
+    good = simulated(200, seed=7)
+    produce(kafka, topic, good[:100] + MALFORMED * 7 + good[100:], 1)
+    reg = CollectorRegistry()
+    s = build_streamer(config(kafka, topic, buf, group, max_retry_s=8.0), reg)
+    with pytest.raises(StreamerStopped, match="dlq error persisted"):
+        s.run()
+    assert reg.get_sample_value("rankrl_streamer_dlq_writes_total") == 0
+    assert reg.get_sample_value("rankrl_streamer_errors_total", {"kind": "dlq"}) >= 1
+    committed = _committed(kafka, group, topic, 1)[f"kafka:{topic}:0"]
+    assert committed is None or committed <= 100, f"committed {committed}: past dead letters the DLQ never took"
+    assert open_buffer(buf).manifest().positions.get(f"kafka:{topic}:0", 0) <= 100
