@@ -299,6 +299,9 @@ class JoinSource:
     def behind(self) -> set[str]:
         return self.inner.behind()
 
+    def connected(self) -> bool:
+        return self.inner.connected()
+
     def close(self) -> None:
         self.inner.close()
 
@@ -335,6 +338,9 @@ class BothFiles:
 
     def behind(self) -> set[str]:
         return set().union(*(p.behind() for p in self.parts))
+
+    def connected(self) -> bool:
+        return all(p.connected() for p in self.parts)
 
     def close(self) -> None:
         for p in self.parts:

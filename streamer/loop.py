@@ -38,6 +38,8 @@ from streamer.writer import BufferWriter
 
 log = logging.getLogger(__name__)
 
+BROKER_GRACE_S = 3.0  # no broker connected this long is an outage (a reconnect takes well under a second)
+
 
 class StreamerStopped(RuntimeError):
     """The loop gave up after retrying a disk or broker error for too long."""
@@ -68,7 +70,10 @@ class Streamer:
         # the unsealed rows of revoked partitions. Never held across a blocking consumer call.
         self.lock = threading.Lock()
         self.running = False
-        self.paused = False
+        self.paused = False  # after a disk or dead-letter error, until a seal succeeds
+        self.broker_down = False  # no broker reachable for BROKER_GRACE_S: an outage, reported and not idle
+        self._down_since: float | None = None
+        self._broker_checked = 0.0
         # Revocations so far, and each one's partitions: a batch polled before a revocation skips those.
         self._revocations = 0
         self._revoked: dict[int, set[str]] = {}
@@ -127,8 +132,9 @@ class Streamer:
                     self.apply(done)
                 if pool.workers == 0:
                     self.drain()
-                if busy or records or not self.source.caught_up():
-                    idle_since = time.monotonic()
+                self._watch_broker()
+                if busy or records or self._down_since is not None or not self.source.caught_up():
+                    idle_since = time.monotonic()  # a broker outage is never idleness (--stop-when-idle)
                 if self.writer.should_seal() or self.dead_letters.pending_bytes >= self.dlq_flush_bytes:
                     self.checkpoint()
                 if self.stop_when_idle_s is not None and time.monotonic() - idle_since >= self.stop_when_idle_s:
@@ -144,6 +150,30 @@ class Streamer:
             self.pool.close()
             self.dead_letters.close()
             self.source.close()
+
+    def _watch_broker(self) -> None:
+        """A source that lost its broker reads nothing and its lag looks stale-but-zero: say it is an outage
+        (errors_total{kind="broker"}, paused 1, an error in the log) instead of looking idle; clear it when the
+        broker is back."""
+        now = time.monotonic()
+        if now - self._broker_checked < 0.2:
+            return
+        self._broker_checked = now
+        if self.source.connected():
+            if self.broker_down:
+                log.info("streamer: broker reachable again after %.0fs: consuming", now - (self._down_since or now))
+                self.broker_down = False
+                self.metrics.paused.set(1 if self.paused else 0)
+            self._down_since = None
+            return
+        if self._down_since is None:
+            self._down_since = now
+        if not self.broker_down and now - self._down_since >= BROKER_GRACE_S:
+            self.broker_down = True
+            self.metrics.errors.labels(kind="broker").inc()
+            self.metrics.paused.set(1)
+            log.error("streamer: no broker reachable for %.0fs: consumption paused until one is (stored rows and "
+                      "positions are durable; nothing is lost)", now - self._down_since)  # fmt: skip
 
     def drain(self) -> None:
         while self.pool.in_flight:
@@ -214,13 +244,15 @@ class Streamer:
         if self.paused:  # resumed after an error
             self.paused = False
             self.source.resume()
-            self.metrics.paused.set(0)
+            self.metrics.paused.set(1 if self.broker_down else 0)
             log.info("streamer resumed: seal succeeded")
         self.metrics.sealed.inc(self.writer.segments_sealed - before[0])
         self.metrics.evicted.inc(self.writer.evicted_segments - before[1])
         if positions:
             self.dead_letters.sealed(positions)
-            if self.source.commit(positions):
+            if self.broker_down:  # a commit would block for its timeout; the stored positions are what count
+                log.warning("streamer: broker down, offsets not committed (stored positions are durable)")
+            elif self.source.commit(positions):
                 self.metrics.last_commit.set(time.time())
             else:
                 self.metrics.errors.labels(kind="commit").inc()

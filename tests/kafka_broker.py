@@ -88,3 +88,36 @@ def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
             yield KafkaBroker(bootstrap=kc.get_bootstrap_server(), origin="testcontainers")
         return
     raise RuntimeError(HOW_TO_GET_ONE)
+
+
+@dataclass(frozen=True)
+class KillableBroker:
+    """A private jar broker that a fault test may SIGKILL and start again on the same store and ports."""
+
+    broker: KafkaBroker
+    env: dict[str, str]
+
+    def kill(self) -> None:
+        subprocess.run([str(BROKER_SH), "kill"], env=self.env, capture_output=True, check=True)
+
+    def resume(self) -> None:
+        r = subprocess.run([str(BROKER_SH), "resume"], env=self.env, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"the broker did not come back:\n{r.stderr}")
+
+
+@contextmanager
+def killable_broker(run_dir: Path) -> Iterator[KillableBroker]:
+    """Its own broker (never the session's, which other tests share), from the jars `ci/kafka/broker.sh fetch` got."""
+    lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
+    if not (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() or not _java_ok():
+        raise RuntimeError("a broker to kill needs the jar broker: run `ci/kafka/broker.sh fetch` (Java 17, Maven)")
+    env = {**os.environ, "KAFKA_LIB_DIR": str(lib), "KAFKA_RUN_DIR": str(run_dir)}
+    r = subprocess.run([str(BROKER_SH), "start"], env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"the local jar broker did not start:\n{r.stderr}")
+    vals = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    try:
+        yield KillableBroker(KafkaBroker(bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"], origin="jar broker"), env)
+    finally:
+        subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)

@@ -25,7 +25,7 @@ def subcommands() -> set[str]:
 
 def test_readme_command_table_lists_every_subcommand() -> None:
     readme = (ROOT / "README.md").read_text()
-    table = set(re.findall(r"^\| `rankrl (\w+)", readme, re.M))
+    table = set(re.findall(r"^\| `rankrl ([\w-]+)", readme, re.M))
     assert table == subcommands()
 
 

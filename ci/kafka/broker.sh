@@ -4,6 +4,8 @@
 #   broker.sh fetch          download the jars into $KAFKA_LIB_DIR (skipped when already there)
 #   broker.sh start          format a fresh store under $KAFKA_RUN_DIR, start, wait until ready, print env lines
 #   broker.sh stop           SIGTERM, wait up to 30 s, then SIGKILL, by the recorded pid only
+#   broker.sh kill           SIGKILL now, keeping the store (an outage, for the fault tests)
+#   broker.sh resume         start the killed broker again on its store and ports, wait until ready
 #
 # Listeners: PLAINTEXT (tests), SASL_PLAINTEXT with SCRAM-SHA-256/512 users (security tests), CONTROLLER.
 # Ports are free ones picked at start unless KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_CTRL_PORT are set.
@@ -94,14 +96,31 @@ start() {
     --add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" > "$KAFKA_RUN_DIR/logs/format.log" 2>&1 \
     || { log "format failed:"; cat "$KAFKA_RUN_DIR/logs/format.log" >&2; exit 1; }
+  launch "$t0"
+  {
+    echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT"
+    echo "KAFKA_SASL_BOOTSTRAP_SERVERS=127.0.0.1:$SASL_PORT"
+    echo "KAFKA_SCRAM_USER=$SCRAM_USER"
+    echo "KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD"
+  } | tee "$KAFKA_RUN_DIR/env"
+}
+
+starts() { local n; n=$(grep -c "Kafka Server started" "$KAFKA_RUN_DIR/logs/server.log" 2>/dev/null); echo "${n:-0}"; }
+
+# Start the JVM on the formatted store and wait for this start's "Kafka Server started" line.
+launch() {
+  local t0="$1" jvm=(java -Djava.awt.headless=true -Dlog4j2.configurationFile="$HERE/log4j2.properties"
+                     -Dkafka.logs.dir="$KAFKA_RUN_DIR/logs")
+  local before
+  before=$(starts)
   # Heap: 1 GiB is plenty for tests (the stock 1G/1G; production advice of 6 GiB does not apply).
   nohup "${jvm[@]}" -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent \
     -cp "$KAFKA_LIB_DIR/*" kafka.Kafka "$KAFKA_RUN_DIR/server.properties" \
-    > "$KAFKA_RUN_DIR/logs/stdout.log" 2>&1 < /dev/null &
+    >> "$KAFKA_RUN_DIR/logs/stdout.log" 2>&1 < /dev/null &
   local pid=$!
   echo "$pid" > "$KAFKA_RUN_DIR/kafka.pid"
   local deadline=$(( $(date +%s) + ${KAFKA_START_TIMEOUT:-120} ))
-  until grep -q "Kafka Server started" "$KAFKA_RUN_DIR/logs/server.log" 2>/dev/null; do
+  until [ "$(starts)" -gt "$before" ]; do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "broker exited during start-up; last lines:"
       tail -n 30 "$KAFKA_RUN_DIR/logs/server.log" "$KAFKA_RUN_DIR/logs/stdout.log" >&2 || true
@@ -112,13 +131,25 @@ start() {
     fi
     sleep 0.2
   done
-  log "ready in $(python3 -c "print(round($(date +%s.%N)-$t0,1))")s (format+start), pid $pid, logs in $KAFKA_RUN_DIR/logs"
-  {
-    echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT"
-    echo "KAFKA_SASL_BOOTSTRAP_SERVERS=127.0.0.1:$SASL_PORT"
-    echo "KAFKA_SCRAM_USER=$SCRAM_USER"
-    echo "KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD"
-  } | tee "$KAFKA_RUN_DIR/env"
+  log "ready in $(python3 -c "print(round($(date +%s.%N)-$t0,1))")s, pid $pid, logs in $KAFKA_RUN_DIR/logs"
+}
+
+kill_hard() {
+  local pidfile="$KAFKA_RUN_DIR/kafka.pid"
+  [ -f "$pidfile" ] || { log "no pid file in $KAFKA_RUN_DIR: nothing to kill"; return 0; }
+  local pid; pid=$(cat "$pidfile")
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidfile"
+  log "killed (store kept in $KAFKA_RUN_DIR/data)"
+}
+
+resume() {
+  [ -f "$KAFKA_RUN_DIR/server.properties" ] || { log "no broker was started in $KAFKA_RUN_DIR"; exit 1; }
+  if [ -f "$KAFKA_RUN_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_RUN_DIR/kafka.pid")" 2>/dev/null; then
+    log "the broker is running (pid $(cat "$KAFKA_RUN_DIR/kafka.pid"))"; return 0
+  fi
+  launch "$(date +%s.%N)"
 }
 
 stop() {
@@ -138,5 +169,7 @@ case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 fetch|start|stop" >&2; exit 2 ;;
+  kill) kill_hard ;;
+  resume) resume ;;
+  *) echo "usage: $0 fetch|start|stop|kill|resume" >&2; exit 2 ;;
 esac

@@ -338,6 +338,12 @@ class KafkaSource:
                 continue
         return out
 
+    def connected(self) -> bool:
+        client = getattr(self.consumer, "_client", None)  # kafka-python: the network client and cluster metadata
+        if client is None:
+            return True
+        return any(client.connected(b.node_id) for b in client.cluster.brokers())
+
     def behind(self) -> set[str]:
         out = set()
         for tp in self.consumer.assignment():
@@ -350,10 +356,19 @@ class KafkaSource:
         return out
 
     def caught_up(self) -> bool:
-        """Partitions assigned and nothing left behind them (waiting for a rebalance is not idle)."""
-        if not self.consumer.assignment() or self._new:
+        """Partitions assigned and nothing left behind them, as the broker says now: the high-water marks of the
+        last fetch go stale in an outage and would make one look like idleness (waiting for a rebalance is not
+        idle either). One ListOffsets round trip; the loop asks only when nothing else is happening."""
+        from kafka.errors import KafkaError
+
+        assignment = list(self.consumer.assignment())
+        if not assignment or self._new:
             return False
-        return all(v == 0 for v in self.lag().values()) and len(self.lag()) == len(self.consumer.assignment())
+        try:
+            ends = self.consumer.end_offsets(assignment, timeout_ms=2000)
+            return all(self.consumer.position(tp) >= ends[tp] for tp in assignment)
+        except (KafkaError, KeyError):  # no broker answered, or a partition moved: not known to be caught up
+            return False
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

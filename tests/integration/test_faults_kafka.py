@@ -130,3 +130,65 @@ def test_a_dead_letter_topic_that_refuses_records_commits_nothing_and_counts_not
     committed = _committed(kafka, group, topic, 1)[f"kafka:{topic}:0"]
     assert committed is None or committed <= 100, f"committed {committed}: past dead letters the DLQ never took"
     assert open_buffer(buf).manifest().positions.get(f"kafka:{topic}:0", 0) <= 100
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The streamer's metrics as name{labels} -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+@pytest.mark.slow
+def test_a_broker_outage_is_reported_and_is_not_idleness(tmp_path: Path) -> None:
+    """Today's failures: --stop-when-idle exited 0 during an outage with records unread, and the metrics said
+    nothing (paused 0, no broker error). Now the outage pauses and counts, the streamer waits it out, and after
+    the broker returns it reads the rest: every event once."""
+    from tests.deploy.test_service import free_port
+    from tests.kafka_broker import killable_broker
+
+    with killable_broker(tmp_path / "kafka") as k:
+        kafka = k.broker
+        topic, group, buf = kafka.topic("outage"), kafka.topic("g"), tmp_path / "buffer"
+        create_topic(kafka, topic, partitions=2)
+        create_topic(kafka, topic + ".dlq")
+        values = simulated(3000, seed=8)
+        produce(kafka, topic, values[:1500], 2)
+        port = free_port()
+        cmd = [sys.executable, "-m", "rankrl", "stream", "--source", f"kafka://{kafka.bootstrap}/{topic}",
+               "--buffer", str(buf), "--group-id", group, "--metrics-port", str(port), "--stop-when-idle", "8",
+               "--set", "streamer.segment_max_age_s=0.3"]  # fmt: skip
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (buf / "manifest.json").exists() or open_buffer(buf).stats()["rows"] < 1500:
+                assert time.monotonic() < deadline and p.poll() is None, "the streamer did not read the first half"
+                time.sleep(0.2)
+            k.kill()
+            time.sleep(13)  # more than --stop-when-idle and the 3 s it takes to call it an outage
+            assert p.poll() is None, f"the streamer took the outage for idleness and exited: {p.communicate()[1]}"
+            m = scrape(port)
+            assert m["rankrl_streamer_paused"] == 1
+            assert m['rankrl_streamer_errors_total{kind="broker"}'] >= 1
+            k.resume()
+            produce(kafka, topic, values[1500:], 2)
+            while open_buffer(buf).stats()["rows"] < 3000:
+                assert time.monotonic() < deadline + 120 and p.poll() is None, "the streamer did not recover"
+                time.sleep(0.2)
+            assert scrape(port)["rankrl_streamer_paused"] == 0
+            assert p.wait(timeout=120) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+        _, err = p.communicate()
+        assert "no broker reachable" in err and "broker reachable again" in err, err[-3000:]
+        got = stored(buf)
+        assert len(got) == len(set(got)) == 3000 and set(got) == valid_hashes(values)
