@@ -105,6 +105,7 @@ def build_streamer(cfg: RankrlConfig, registry: CollectorRegistry, stop_when_idl
                 follow=s.follow,
                 max_records=s.max_poll_records,
                 max_record_bytes=s.max_record_bytes,
+                identities=writer,
             )
 
     return _streamer(cfg, registry, writer, source_factory, dead_letters, stop_when_idle_s)
@@ -174,7 +175,6 @@ def _joining_streamer(
 
     else:
         paths = [Path(u[len("file://") :]).resolve() for u in (j.decisions, j.outcomes)]
-        decisions_key = FileSource.key_of(paths[0])
 
         dead_letters = _file_dead_letters(cfg, writer)
 
@@ -182,10 +182,10 @@ def _joining_streamer(
             stored = writer.stored_positions()
             files = [
                 FileSource(p, stored, follow=s.follow, max_records=s.max_poll_records,
-                           max_record_bytes=s.max_record_bytes)
+                           max_record_bytes=s.max_record_bytes, identities=writer)
                 for p in paths
             ]  # fmt: skip
-            return join(st, BothFiles(*files), lambda r: r.key == decisions_key)
+            return join(st, BothFiles(*files), lambda r: r.topic == str(paths[0]))
 
     return _streamer(cfg, registry, writer, source_factory, dead_letters, stop_when_idle_s)
 

@@ -7,7 +7,7 @@ record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -44,6 +44,14 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class SourceIdentities(Protocol):
+    """Where the buffer keeps what each source (a Kafka topic, a file) was when its positions were stored, so that
+    positions are never applied to another one (the writer, streamer/writer.py)."""
+
+    def source_identity(self, source: str) -> dict[str, Any] | None: ...
+    def record_source_identity(self, source: str, identity: dict[str, Any]) -> None: ...
 
 
 class FatalSourceError(RuntimeError):

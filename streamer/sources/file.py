@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from common.config import StreamerConfig
-from streamer.sources.base import FatalSourceError, Record
+from streamer.sources.base import FatalSourceError, Record, SourceIdentities
 
 log = logging.getLogger(__name__)
+
+
+HEAD_BYTES = 256  # a file's first bytes: with its inode, what tells a rewritten file from the one that was read
 
 
 class FileSource:
@@ -19,6 +24,11 @@ class FileSource:
     A line longer than `max_record_bytes` is handed on as its first `max_record_bytes + 1` bytes (the parse step
     dead-letters it as `too_large`) once its newline is found, and reading goes on after it: one huge line
     neither stalls the source nor is held in memory whole. Blank lines are skipped (JSONL).
+
+    A file replaced (another inode), truncated (smaller than the position) or rewritten in place (other first
+    bytes) is a new file: it is read from its start under a new partition key (`file:PATH#N`, generation N), so
+    its records are neither skipped at the old position nor taken for rows already stored or dead letters already
+    written at the same offsets. The buffer's manifest keeps each path's identity and current key.
     """
 
     CHUNK = 4 << 20
@@ -30,8 +40,12 @@ class FileSource:
         follow: bool = StreamerConfig.follow,
         max_records: int = StreamerConfig.max_poll_records,
         max_record_bytes: int = StreamerConfig.max_record_bytes,
+        identities: SourceIdentities | None = None,
     ) -> None:
         self.path = Path(path).resolve()
+        self._identities = identities
+        self._keys: dict[Path, str] = {}  # each file's current partition key (its generation)
+        self._idents: dict[Path, dict[str, Any]] = {}
         if not self.path.exists() and not follow:
             raise FatalSourceError(f"file source {self.path} does not exist")
         self.follow = follow
@@ -50,18 +64,50 @@ class FileSource:
             return sorted(self.path.glob("*.jsonl"))
         return [self.path] if self.path.exists() else []
 
+    @staticmethod
+    def _identity(f: Path, st: os.stat_result) -> dict[str, Any]:
+        with open(f, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        return {"dev": st.st_dev, "ino": st.st_ino, "head": hashlib.sha256(head).hexdigest(), "head_len": len(head)}
+
+    def _same(self, f: Path, before: dict[str, Any], st: os.stat_result) -> bool:
+        if (before.get("dev"), before.get("ino")) != (st.st_dev, st.st_ino):
+            return False
+        with open(f, "rb") as fh:
+            head = fh.read(int(before.get("head_len", 0)))
+        return hashlib.sha256(head).hexdigest() == before.get("head")
+
+    def _key(self, f: Path, st: os.stat_result) -> str:
+        """The file's partition key, a new generation when it is not the file whose positions are stored."""
+        base = self.key_of(f)
+        key, before = self._keys.get(f), self._idents.get(f)
+        if before is None:  # first look in this process: what the manifest says
+            stored = self._identities.source_identity(base) if self._identities else None
+            key, before = (stored["key"], stored) if stored else (base, None)
+        pos = self._pos.get(str(key), 0)
+        if before is not None and (st.st_size < pos or not self._same(f, before, st)):
+            gen = int(str(key).rpartition("#")[2]) + 1 if "#" in str(key) else 1
+            log.warning("file source %s was replaced, truncated or rewritten (read to byte %d, now %d bytes): "
+                        "reading the new file from its start as generation %d", f, pos, st.st_size, gen)  # fmt: skip
+            key, before = f"{base}#{gen}", None
+        if before is None or (before.get("head_len", 0) < HEAD_BYTES and st.st_size > before.get("head_len", 0)):
+            ident = {**self._identity(f, st), "key": key}  # recorded before any position under its key is stored
+            if self._identities is not None:
+                self._identities.record_source_identity(base, ident)
+            before = ident
+        self._keys[f], self._idents[f] = str(key), before
+        return str(key)
+
     def poll(self, timeout_s: float) -> list[Record]:
         if self._paused:
             time.sleep(timeout_s)
             return []
         out: list[Record] = []
         for f in self._files():
-            key = self.key_of(f)
+            st = f.stat()
+            key = self._key(f, st)
             pos = self._pos.get(key, 0)
-            size = f.stat().st_size
-            if size < pos:
-                log.warning("file source %s shrank below position %d (truncated or replaced): reading from 0", f, pos)
-                pos = 0
+            size = st.st_size
             if size == pos:
                 continue
             with open(f, "rb") as fh:
@@ -80,7 +126,7 @@ class FileSource:
                     break  # an incomplete last line: wait for its newline
                 line = chunk[start:nl]
                 if line.strip():
-                    out.append(Record(key, pos + start, pos + nl + 1, line))
+                    out.append(Record(key, pos + start, pos + nl + 1, line, topic=str(f)))
                 start = nl + 1
             self._pos[key] = pos + start
             if len(out) >= self.max_records:
@@ -98,7 +144,7 @@ class FileSource:
             if nl >= 0:
                 end = scanned + nl + 1
                 log.warning("file source %s: line at byte %d is %d bytes long: dead-lettered", key, pos, end - pos)
-                return Record(key, pos, end, head[: self.max_record_bytes + 1])
+                return Record(key, pos, end, head[: self.max_record_bytes + 1], topic=fh.name)
             scanned += len(block)
         if (key, pos) not in self._warned_long:
             self._warned_long.add((key, pos))

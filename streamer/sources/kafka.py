@@ -14,10 +14,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from common.config import StreamerConfig
-from streamer.sources.base import FatalSourceError, Record
+from streamer.sources.base import FatalSourceError, Record, SourceIdentities
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ def _auth_errors() -> tuple[type[BaseException], ...]:
         "GroupAuthorizationFailedError",
     )
     return tuple(getattr(ke, n) for n in names if hasattr(ke, n))
-
-
-class SourceIdentities(Protocol):
-    """Where the buffer keeps what each topic was when its positions were stored (streamer/writer.py)."""
-
-    def source_identity(self, source: str) -> dict[str, Any] | None: ...
-    def record_source_identity(self, source: str, identity: dict[str, Any]) -> None: ...
 
 
 def reset_hint(topic: str) -> str:

@@ -156,3 +156,41 @@ def test_unwritable_buffer_pauses_without_committing_and_recovers(tmp_path: Path
     got = stored_hashes(buf)
     assert len(got) == len(set(got)) == 800
     assert os.path.getsize(src) == open_buffer(buf).manifest().positions[f"file:{src.resolve()}"]
+
+
+def events(n: int, seed: int) -> list[bytes]:
+    return [orjson.dumps(e) + b"\n" for _, _, _, evs in simulate(RankingWorld(), n, seed=seed) for e in evs]
+
+
+@pytest.mark.parametrize(
+    "how", ["replaced_smaller", "replaced_larger", "truncated_rewritten_larger", "truncated_rewritten_smaller"]
+)
+def test_a_file_replaced_or_rewritten_in_place_is_read_whole(tmp_path: Path, how: str) -> None:
+    """Today's failures: a smaller new file lost every event (its rows fell below the stored position and were
+    dropped), a larger one lost the part before the old position (1,000 of 1,500), and dead letters at offsets
+    already used were suppressed. Each new file is now a new generation, read from its start."""
+    src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"
+    first = events(800, seed=11)
+    src.write_bytes(b"".join(first) + b"not json\n")
+    assert subprocess.run(stream_cmd(src, buf, "--stop-when-idle", "1"), capture_output=True).returncode == 0
+    second = events(300 if how.endswith("smaller") else 1500, seed=12)
+    body = b"also not json\n" + b"".join(second)
+    if how.startswith("replaced"):
+        tmp = src.with_suffix(".new")
+        tmp.write_bytes(body)
+        tmp.replace(src)  # another inode at the same path (a rotation)
+    else:
+        with open(src, "r+b") as f:  # the same inode, cut and written again
+            f.truncate(0)
+            f.write(body)
+    r = subprocess.run(stream_cmd(src, buf, "--stop-when-idle", "1"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reading the new file from its start as generation 1" in r.stderr
+    got = stored_hashes(buf)
+    want = {log_id_hash(orjson.loads(line)["log_id"]) for line in first + second}
+    assert len(got) == len(set(got)) and set(got) == want, f"lost {len(want - set(got))}"
+    letters = [orjson.loads(line) for line in (buf / "dlq.jsonl").read_bytes().splitlines()]
+    assert sorted(d["offset"] for d in letters) == [0, sum(map(len, first))]  # both dead letters, once each
+    # a restart reads nothing again
+    r = subprocess.run(stream_cmd(src, buf, "--stop-when-idle", "1"), capture_output=True, text=True)
+    assert r.returncode == 0 and len(stored_hashes(buf)) == len(got)
