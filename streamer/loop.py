@@ -38,6 +38,7 @@ from streamer.writer import BufferWriter
 
 log = logging.getLogger(__name__)
 
+SUMMARY_INTERVAL_S = 60.0  # a long-running daemon says how it is doing, not only when it starts and stops
 BROKER_GRACE_S = 3.0  # no broker connected this long is an outage (a reconnect takes well under a second)
 
 
@@ -74,6 +75,10 @@ class Streamer:
         self.broker_down = False  # no broker reachable for BROKER_GRACE_S: an outage, reported and not idle
         self._down_since: float | None = None
         self._broker_checked = 0.0
+        self._gauges_at = 0.0  # when the lag gauges were last refreshed
+        self._summary_at = time.monotonic()
+        self._lag_labels: set[str] = set()
+        self.newest_event_time = 0.0
         # Revocations so far, and each one's partitions: a batch polled before a revocation skips those.
         self._revocations = 0
         self._revoked: dict[int, set[str]] = {}
@@ -133,6 +138,7 @@ class Streamer:
                 if pool.workers == 0:
                     self.drain()
                 self._watch_broker()
+                self._refresh_lag()
                 if busy or records or self._down_since is not None or not self.source.caught_up():
                     idle_since = time.monotonic()  # a broker outage is never idleness (--stop-when-idle)
                 if self.writer.should_seal() or self.dead_letters.pending_bytes >= self.dlq_flush_bytes:
@@ -213,6 +219,9 @@ class Streamer:
                         self.writer.advance(key, nxt)
         m.consumed.inc(sum(not r.marker for r in records))
         m.appended.inc(appended)
+        if len(cols["event_time"]):
+            self.newest_event_time = max(self.newest_event_time, float(cols["event_time"].max()))
+            m.newest_event.set(self.newest_event_time)
         m.duplicates.inc(len(ok) - appended)
         m.unsealed_rows.set(self.writer.unsealed_rows)
         # Forget revocations no batch in flight predates.
@@ -271,10 +280,33 @@ class Streamer:
         log.error("streamer %s error, consumption paused, nothing committed; retrying in %.1fs: %s", kind, delay, e)
         # Keep polling while paused: the consumer stays in its group (paused partitions return nothing).
         self.source.poll(delay)
+        self._refresh_lag()
 
     def _refresh_gauges(self) -> None:
         m = self.writer.dir.read_manifest()
         self.metrics.buffer_rows.set(sum(s["rows"] for s in m.segments))
         self.metrics.buffer_bytes.set(sum(s["bytes"] for s in m.segments))
-        for part, lag in self.source.lag().items():
-            self.metrics.lag.labels(partition=part).set(lag)
+
+    def _refresh_lag(self) -> None:
+        """Every second, seals or not: the lag of each partition owned now (a revoked one's series is removed,
+        not left stale), and once a minute a one-line summary in the log."""
+        now = time.monotonic()
+        if now - self._gauges_at < 1.0:
+            return
+        self._gauges_at = now
+        lag = self.source.lag()
+        for gone in self._lag_labels - lag.keys():
+            self.metrics.lag.remove(gone)
+        for part, n in lag.items():
+            self.metrics.lag.labels(partition=part).set(n)
+        self._lag_labels = set(lag)
+        if now - self._summary_at >= SUMMARY_INTERVAL_S:
+            self._summary_at = now
+            m = self.metrics
+            log.info(
+                "streamer summary consumed=%d appended=%d duplicates=%d dead_letters=%d lag=%d unsealed=%d "
+                "buffer_rows=%d paused=%d broker_down=%s",
+                m.value("events_consumed_total"), m.value("events_appended_total"), m.value("duplicates_total"),
+                m.value("dlq_writes_total"), sum(lag.values()), self.writer.unsealed_rows,
+                m.value("buffer_rows"), m.value("paused"), self.broker_down,
+            )  # fmt: skip

@@ -11,6 +11,7 @@ ERROR_KINDS = ("disk", "broker", "commit", "dlq")
 
 class StreamerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         p = "rankrl_streamer_"
         self.consumed = Counter(p + "events_consumed", "Records read from the source", registry=registry)
         self.appended = Counter(p + "events_appended", "Valid events appended to the buffer", registry=registry)
@@ -29,8 +30,9 @@ class StreamerMetrics:
         self.buffer_bytes = Gauge(p + "buffer_bytes", "Bytes of sealed segments", registry=registry)
         self.unsealed_rows = Gauge(p + "unsealed_rows", "Rows in memory awaiting a seal", registry=registry)
         self.lag = Gauge(
-            p + "consumer_lag", "Records behind the end of each partition", ["partition"], registry=registry
-        )
+            p + "consumer_lag", "Records behind the end of each partition owned (Kafka), refreshed every second",
+            ["partition"], registry=registry,
+        )  # fmt: skip
         self.batch_seconds = Histogram(
             p + "batch_processing_seconds",
             "Time to parse, validate and append one polled batch",
@@ -43,7 +45,10 @@ class StreamerMetrics:
         self.errors = Counter(
             p + "errors", "Errors by kind (the stream stops and retries)", ["kind"], registry=registry
         )
-        self.paused = Gauge(p + "paused", "1 while consumption is paused by an error", registry=registry)
+        self.paused = Gauge(p + "paused", "1 while consumption is paused by an error or a broker outage",
+                            registry=registry)  # fmt: skip
+        self.newest_event = Gauge(p + "newest_event_timestamp_seconds", "Event time of the newest row appended "
+                                  "(alert on staleness: time() minus this)", registry=registry)  # fmt: skip
         # the outcome join (streamer/join.py), when the streamer reads serve's decisions and outcomes
         self.join_open = Gauge(p + "join_open_decisions", "Decisions waiting for their window to close",
                                registry=registry)  # fmt: skip
@@ -59,3 +64,7 @@ class StreamerMetrics:
             self.rejected.labels(reason=r)
         for k in ERROR_KINDS:
             self.errors.labels(kind=k)
+
+    def value(self, name: str) -> float:
+        """A sample's current value by its exposed name (`events_consumed_total`), for the periodic summary."""
+        return self.registry.get_sample_value("rankrl_streamer_" + name) or 0.0

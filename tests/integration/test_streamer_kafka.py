@@ -290,6 +290,11 @@ def test_offsets_are_committed_only_after_a_seal_and_equal_the_stored_positions(
             time.sleep(0.2)
         assert reg.get_sample_value("rankrl_streamer_paused") == 1
         assert _committed(kafka, group, topic, 2) == {f"kafka:{topic}:0": None, f"kafka:{topic}:1": None}
+        time.sleep(2.5)  # the lag is refreshed every second, seal or not (it waited for a seal that succeeded)
+        lags = [reg.get_sample_value("rankrl_streamer_consumer_lag", {"partition": str(p)}) for p in (0, 1)]
+        assert None not in lags, "no lag series before the first successful seal"
+        assert sum(lags) + reg.get_sample_value("rankrl_streamer_events_consumed_total") == 600  # the true lag
+        assert reg.get_sample_value("rankrl_streamer_newest_event_timestamp_seconds") > 1.6e9
 
         (buf / "segments").unlink()
         (buf / "segments").mkdir()
