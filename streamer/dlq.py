@@ -194,18 +194,33 @@ class KafkaDeadLetters:
     """
 
     def __init__(
-        self, settings: KafkaSettings, group_id: str, max_value_bytes: int = StreamerConfig.dlq_max_value_bytes
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        max_value_bytes: int = StreamerConfig.dlq_max_value_bytes,
+        delivery_timeout_ms: int = 120_000,
     ) -> None:
-        from kafka import KafkaProducer
-
         self.topic = f"{settings.topic}.dlq"
         self.group_id = group_id
         self.max_value_bytes = max_value_bytes
-        self.producer = KafkaProducer(
-            acks="all", linger_ms=5, bootstrap_timeout_ms=settings.bootstrap_timeout_ms, **settings.client_kwargs()
-        )
+        self.settings = settings
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.producer: Any = self._new_producer()  # None after a failure, until the next send makes a new one
         self._pending: list[list[Any]] = []  # [record, error, value sent, future or None]
         self._pending_bytes = 0
+
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        s = self.settings
+        return KafkaProducer(
+            acks="all",
+            linger_ms=5,
+            bootstrap_timeout_ms=s.bootstrap_timeout_ms,
+            delivery_timeout_ms=self.delivery_timeout_ms,
+            request_timeout_ms=min(30_000, self.delivery_timeout_ms // 2),
+            **s.client_kwargs(),
+        )
 
     @property
     def pending_bytes(self) -> int:
@@ -231,6 +246,9 @@ class KafkaDeadLetters:
         record, error, value = entry[0], entry[1], entry[2]
         if value is None and record.key_bytes is None:
             value = b""  # Kafka refuses a record with neither key nor value
+        entry[3] = None  # not sent, until the producer takes it
+        if self.producer is None:
+            self.producer = self._new_producer()
         try:
             entry[3] = self.producer.send(
                 self.topic, key=record.key_bytes, value=value, headers=self._headers(record, error, value)
@@ -254,19 +272,39 @@ class KafkaDeadLetters:
         if not self._pending:
             return 0
         total = len(self._pending)
-        self.producer.flush(timeout=30)
         failed: list[list[Any]] = []
         first_error: Exception | None = None
+        try:
+            if self.producer is not None:
+                self.producer.flush(timeout=30)
+        except Exception as e:  # not all sent in time: each entry's own future says which
+            first_error = e
         for entry in self._pending:
+            if entry[3] is None:  # never sent: no producer could be made then
+                failed.append(entry)
+                continue
             try:
-                entry[3].get(timeout=30)
+                entry[3].get(timeout=0 if first_error is not None else 30)
             except Exception as e:  # the broker did not take it: keep it, resend, commit nothing meanwhile
                 if type(e).__name__ in _SIZE_ERRORS and entry[2]:
                     entry[2] = b""
                 else:
                     first_error = first_error or e
-                self._send(entry)
                 failed.append(entry)
+        if first_error is not None:
+            # After its batches expired in an outage, kafka-python's idempotent producer can stay without a
+            # producer id and never send again: a fresh producer resends what is pending.
+            log.warning("dead letters to %s: %d not confirmed (%s); resending with a new producer",
+                        self.topic, len(failed), first_error)  # fmt: skip
+            with contextlib.suppress(Exception):
+                if self.producer is not None:
+                    self.producer.close(timeout=0)
+            self.producer = None
+        try:
+            for entry in failed:
+                self._send(entry)
+        except Exception as e:  # no broker to make a producer with: the rest stay unsent, tried at the next flush
+            first_error = first_error or e
         self._pending = failed
         self._pending_bytes = sum(len(e[2] or b"") for e in failed)
         if failed:
@@ -283,4 +321,5 @@ class KafkaDeadLetters:
             self.flush()
         except Exception as e:  # not committed: their records are read again and dead-lettered then
             log.error("dead letters to %s: %d not confirmed at close: %s", self.topic, len(self._pending), e)
-        self.producer.close(timeout=10)
+        if self.producer is not None:
+            self.producer.close(timeout=10)

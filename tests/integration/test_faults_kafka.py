@@ -192,3 +192,50 @@ def test_a_broker_outage_is_reported_and_is_not_idleness(tmp_path: Path) -> None
         assert "no broker reachable" in err and "broker reachable again" in err, err[-3000:]
         got = stored(buf)
         assert len(got) == len(set(got)) == 3000 and set(got) == valid_hashes(values)
+
+
+@pytest.mark.slow
+def test_dead_letters_in_flight_through_an_outage_longer_than_the_delivery_timeout_arrive_once_it_ends(
+    tmp_path: Path,
+) -> None:
+    """Reported: after an outage longer than the producer's delivery timeout (120 s) with dead letters in flight,
+    the DLQ producer never sent again. The timeout is shortened to 8 s here; the sink drops a producer whose
+    batches expired and resends through a new one."""
+    from kafka import KafkaConsumer
+
+    from common.schema import InvalidEvent
+    from streamer.dlq import KafkaDeadLetters
+    from streamer.sources.base import Record
+    from streamer.sources.kafka import KafkaSettings
+    from tests.kafka_broker import killable_broker
+
+    with killable_broker(tmp_path / "kafka") as k:
+        topic = k.broker.topic("src")
+        create_topic(k.broker, topic + ".dlq")
+        dlq = KafkaDeadLetters(KafkaSettings(k.broker.bootstrap, topic), "g", delivery_timeout_ms=8000)
+        err = InvalidEvent("not_json", "$", "not JSON")
+        dlq.write(Record(f"kafka:{topic}:0", 0, 1, b"first", topic=topic), err)
+        assert dlq.flush() == 1
+        k.kill()
+        for i in range(1, 4):
+            dlq.write(Record(f"kafka:{topic}:0", i, i + 1, b"in flight", topic=topic), err)
+        with pytest.raises(Exception):  # noqa: B017 -- whichever timeout kafka-python reports first
+            dlq.flush()
+        time.sleep(9)  # past the delivery timeout of anything resent meanwhile
+        k.resume()
+        deadline = time.monotonic() + 90
+        while True:  # the streamer's loop retries a failed flush with backoff; so does this
+            try:
+                assert dlq.flush() == 3
+                break
+            except AssertionError:
+                raise
+            except Exception:
+                assert time.monotonic() < deadline, "the dead-letter producer never recovered"
+                time.sleep(1)
+        dlq.close()
+        c = KafkaConsumer(topic + ".dlq", bootstrap_servers=k.broker.bootstrap, auto_offset_reset="earliest",
+                          consumer_timeout_ms=5000)  # fmt: skip
+        offsets = sorted(int(dict(m.headers)["dlq.original.offset"]) for m in c)
+        c.close()
+        assert set(offsets) == {0, 1, 2, 3}
