@@ -30,6 +30,8 @@ class KafkaBroker:
     sasl_bootstrap: str | None = None  # a SASL_PLAINTEXT listener with SCRAM users, when known
     scram_user: str | None = None
     scram_password: str | None = None
+    ssl_bootstrap: str | None = None  # an SSL listener whose certificate names kafka.rankrl.test only, when known
+    ssl_cafile: str | None = None  # that certificate (PEM)
     origin: str = "environment"
 
     def topic(self, prefix: str = "t") -> str:
@@ -61,6 +63,8 @@ def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
             sasl_bootstrap=os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS"),
             scram_user=os.environ.get("KAFKA_SCRAM_USER"),
             scram_password=os.environ.get("KAFKA_SCRAM_PASSWORD"),
+            ssl_bootstrap=os.environ.get("KAFKA_SSL_BOOTSTRAP_SERVERS"),
+            ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE"),
         )
         return
     lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
@@ -76,6 +80,8 @@ def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
                 sasl_bootstrap=vals["KAFKA_SASL_BOOTSTRAP_SERVERS"],
                 scram_user=vals["KAFKA_SCRAM_USER"],
                 scram_password=vals["KAFKA_SCRAM_PASSWORD"],
+                ssl_bootstrap=vals["KAFKA_SSL_BOOTSTRAP_SERVERS"],
+                ssl_cafile=vals["KAFKA_SSL_CAFILE"],
                 origin="jar broker",
             )
         finally:

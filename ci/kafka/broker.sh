@@ -7,9 +7,11 @@
 #   broker.sh kill           SIGKILL now, keeping the store (an outage, for the fault tests)
 #   broker.sh resume         start the killed broker again on its store and ports, wait until ready
 #
-# Listeners: PLAINTEXT (tests), SASL_PLAINTEXT with SCRAM-SHA-256/512 users (security tests), CONTROLLER.
-# Ports are free ones picked at start unless KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_CTRL_PORT are set.
-# `start` prints KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=... and writes them to $KAFKA_RUN_DIR/env.
+# Listeners: PLAINTEXT (tests), SASL_PLAINTEXT with SCRAM-SHA-256/512 users (security tests), SSL with a
+# self-signed certificate for the name kafka.rankrl.test only (TLS failure tests: its PEM is $KAFKA_RUN_DIR/tls/ca.pem),
+# CONTROLLER. Ports are free ones picked at start unless KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_SSL_PORT /
+# KAFKA_CTRL_PORT are set. `start` prints KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=...,
+# KAFKA_SSL_BOOTSTRAP_SERVERS=..., KAFKA_SSL_CAFILE=... and writes them to $KAFKA_RUN_DIR/env.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,11 +51,15 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CTRL_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,SSL://127.0.0.1:$SSL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT,SSL://127.0.0.1:$SSL_PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$KAFKA_RUN_DIR/tls/broker.p12
+ssl.keystore.password=$TLS_PASSWORD
+ssl.key.password=$TLS_PASSWORD
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -77,6 +83,19 @@ log.cleaner.dedupe.buffer.size=16777216
 PROPS
 }
 
+# A self-signed certificate for kafka.rankrl.test (not 127.0.0.1: a client that checks the host name refuses it,
+# which is what the TLS failure tests need), in a PKCS12 keystore for the broker and as PEM for clients.
+TLS_PASSWORD=rankrl-test-tls
+make_tls() {
+  mkdir -p "$KAFKA_RUN_DIR/tls"
+  keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 -dname "CN=kafka.rankrl.test" \
+    -ext "SAN=dns:kafka.rankrl.test" -keystore "$KAFKA_RUN_DIR/tls/broker.p12" -storetype PKCS12 \
+    -storepass "$TLS_PASSWORD" -keypass "$TLS_PASSWORD" > /dev/null 2>&1 \
+    || { log "keytool could not make the test certificate"; exit 1; }
+  keytool -exportcert -alias broker -keystore "$KAFKA_RUN_DIR/tls/broker.p12" -storepass "$TLS_PASSWORD" -rfc \
+    -file "$KAFKA_RUN_DIR/tls/ca.pem" > /dev/null 2>&1
+}
+
 start() {
   java_ok || { log "Java 17 or newer is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
   [ -f "$KAFKA_LIB_DIR/kafka_2.13-$KAFKA_VERSION.jar" ] || { log "no jars in $KAFKA_LIB_DIR: run '$0 fetch' first"; exit 1; }
@@ -85,6 +104,8 @@ start() {
   fi
   rm -rf "$KAFKA_RUN_DIR"; mkdir -p "$KAFKA_RUN_DIR/logs"
   PORT="${KAFKA_PORT:-$(free_port)}"; SASL_PORT="${KAFKA_SASL_PORT:-$(free_port)}"; CTRL_PORT="${KAFKA_CTRL_PORT:-$(free_port)}"
+  SSL_PORT="${KAFKA_SSL_PORT:-$(free_port)}"
+  make_tls
   write_config
   local t0 cluster_id jvm=(java -Djava.awt.headless=true -Dlog4j2.configurationFile="$HERE/log4j2.properties"
                           -Dkafka.logs.dir="$KAFKA_RUN_DIR/logs")
@@ -102,6 +123,8 @@ start() {
     echo "KAFKA_SASL_BOOTSTRAP_SERVERS=127.0.0.1:$SASL_PORT"
     echo "KAFKA_SCRAM_USER=$SCRAM_USER"
     echo "KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD"
+    echo "KAFKA_SSL_BOOTSTRAP_SERVERS=127.0.0.1:$SSL_PORT"
+    echo "KAFKA_SSL_CAFILE=$KAFKA_RUN_DIR/tls/ca.pem"
   } | tee "$KAFKA_RUN_DIR/env"
 }
 

@@ -62,7 +62,8 @@ class KafkaSettings:
 
 
 class _AuthFailureCapture(logging.Handler):
-    """Remembers an authentication failure kafka-python logs while connecting.
+    """Remembers an authentication or TLS failure kafka-python logs while connecting (it retries until its
+    bootstrap deadline and then reports only "Unable to bootstrap", the cause being in its own log lines).
 
     Kafka 4.x closes the socket on a failed SCRAM exchange without an error response (the broker logs
     "invalid credentials"), so with SASL on, a connection dropped during login counts as a refused login.
@@ -72,11 +73,15 @@ class _AuthFailureCapture(logging.Handler):
         super().__init__(level=logging.WARNING)
         self.sasl = sasl
         self.failure: str | None = None
+        self.tls: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if self.tls is None and ("Handshake failed" in msg or "[SSL" in msg):
+            self.tls = msg[msg.find("Handshake failed") if "Handshake failed" in msg else msg.find("[SSL") :]
+            self.tls = self.tls.split(" (backoff")[0]
         if self.failure is not None:
             return
-        msg = record.getMessage()
         if "SaslAuthenticationFailed" in msg or "Authentication failed" in msg:
             self.failure = msg
         elif self.sasl and "socket disconnected" in msg:
@@ -89,6 +94,21 @@ def _auth_failed(settings: KafkaSettings, detail: object) -> FatalSourceError:
         f"kafka authentication failed at {settings.bootstrap_servers} (user {settings.sasl_username!r}, "
         f"mechanism {settings.sasl_mechanism}; wrong username, password or mechanism?): {detail}"
     )
+
+
+def _tls_failed(settings: KafkaSettings, detail: str) -> FatalSourceError:
+    """The cause of a failed TLS handshake in words an operator can act on, with what OpenSSL said."""
+    if "mismatch" in detail:
+        why = ("the broker's certificate does not hold the host name or address connected to: connect by a name "
+               "the certificate holds, or reissue it")  # fmt: skip
+    elif "CERTIFICATE_VERIFY_FAILED" in detail:
+        why = (
+            f"the broker's certificate is not signed by a CA in streamer.ssl_cafile ({settings.ssl_cafile or 'unset'})"
+        )
+    else:
+        why = ("the client certificate or key could not be used (streamer.ssl_certfile, ssl_keyfile, ssl_password: "
+               "a wrong file, a key that does not match the certificate, or a wrong password)")  # fmt: skip
+    return FatalSourceError(f"kafka TLS handshake with {settings.bootstrap_servers} failed: {why}. {detail}")
 
 
 def _auth_errors() -> tuple[type[BaseException], ...]:
@@ -175,6 +195,8 @@ class KafkaSource:
             # a timeout: name the real cause, and let the supervisor's restart policy do any retrying.
             if auth.failure or isinstance(e, _auth_errors()):
                 raise _auth_failed(settings, auth.failure or repr(e)) from None
+            if auth.tls:
+                raise _tls_failed(settings, auth.tls) from None
             raise FatalSourceError(f"cannot connect to kafka at {settings.bootstrap_servers}: {e}") from None
         finally:
             logging.getLogger("kafka").removeHandler(auth)

@@ -309,3 +309,33 @@ def test_offsets_are_committed_only_after_a_seal_and_equal_the_stored_positions(
     finally:
         s.stop()
         t.join(60)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("untrusted", "not signed by a CA in streamer.ssl_cafile"),
+        ("wrong_host", "does not hold the host name or address connected to"),
+        ("bad_key", "the client certificate or key could not be used"),
+    ],
+)
+def test_tls_failures_name_their_cause(kafka: KafkaBroker, tmp_path: Path, case: str, expected: str) -> None:
+    """Reported: every TLS failure ended with "Unable to bootstrap", the cause only in kafka-python's own log lines.
+    The broker's certificate names kafka.rankrl.test, not 127.0.0.1."""
+    if kafka.ssl_bootstrap is None or kafka.ssl_cafile is None:
+        pytest.fail("this broker has no SSL listener: use the jar broker (ci/kafka/broker.sh) for this test")
+    cafile = {"untrusted": "/etc/ssl/certs/ca-certificates.crt"}.get(case, kafka.ssl_cafile)
+    tls = ["--set", "streamer.security_protocol=SSL", "--set", f"streamer.ssl_cafile={cafile}"]
+    if case == "bad_key":  # a certificate where the key should be
+        tls += [
+            "--set",
+            f"streamer.ssl_certfile={kafka.ssl_cafile}",
+            "--set",
+            f"streamer.ssl_keyfile={kafka.ssl_cafile}",
+        ]
+    cmd = [sys.executable, "-m", "rankrl", "stream", "--source", f"kafka://{kafka.ssl_bootstrap}/t",
+           "--buffer", str(tmp_path / "b"), "--metrics-port", "0", *tls]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "kafka TLS handshake with" in last and expected in last, last
