@@ -10,7 +10,14 @@
       registry.lock       flock: concurrent commands never interleave
 
 A version folder is written under a temporary name and renamed into place, so it is either complete or absent.
-`manifest.json` records the sha256 of every file; a file whose checksum does not match is never loaded.
+`manifest.json` records the sha256 of every file (the four REQUIRED_FILES at least), and the history line that
+registers a version records the sha256 of its manifest: a file or a manifest that no longer matches is never
+loaded, and dropping a file from the manifest does not turn its check off.
+
+Trust boundary: `model.d3` is a pickle (d3rlpy's checkpoint format) and loading it runs code. The checksums catch
+corruption and edits of a version's files after registration; they cannot stop someone who may write the
+registry folder, since that person can also append history. So only the trainer's user may write the registry:
+rankrl creates it mode 0750 (the serving user reads through the group) and refuses none of the reads.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from common.gate_report import GateReport
 
 log = logging.getLogger(__name__)
 VERSION_NAME = re.compile(r"v[0-9]{4,}")  # what register() names versions: no separators, no "..", no paths
+REQUIRED_FILES = ("model.d3", "policy.pt", "policy.onnx", "exploration.json")
 
 
 class RegistryError(RuntimeError):
@@ -70,18 +78,27 @@ def whoami() -> str:
 
 
 class ModelRegistry:
+    """A registry folder. The first `register` creates it (mode 0750); a reader of a folder that does not exist
+    sees no versions and no champion, and creates nothing."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.champion_path = self.root / "champion"
         self.history_path = self.root / "history.jsonl"
         self.lock_path = self.root / "registry.lock"
 
     # ------------------------------------------------------------------------------------------ basics
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def locked(self) -> contextlib.AbstractContextManager[None]:
+        if not self.exists():
+            raise RegistryError(f"no model registry at {self.root} (the trainer creates it with its first cycle)")
         return file_lock(self.lock_path)
 
     def versions(self) -> list[str]:
+        if not self.exists():
+            return []
         return sorted(
             p.name
             for p in self.root.glob("v[0-9]*")
@@ -103,9 +120,33 @@ class ModelRegistry:
         data: dict[str, Any] = json.loads(path.read_text())
         return data
 
+    def registered_manifest_sha256(self, version: str) -> str | None:
+        """The manifest checksum the history recorded when `version` was registered (None: registered before
+        checksums were recorded)."""
+        for h in self.history():
+            if h.get("action") == "register" and h.get("version") == version and h.get("manifest_sha256"):
+                return str(h["manifest_sha256"])
+        return None
+
     def verify(self, version: str) -> dict[str, Any]:
-        """The manifest, after checking every file's sha256; raises ChecksumMismatch naming the file."""
+        """The manifest, after checking it against its registration and every file's sha256; raises
+        ChecksumMismatch naming what does not match."""
         m = self.manifest(version)
+        recorded = self.registered_manifest_sha256(version)
+        if recorded is not None and sha256_of(self.root / version / "manifest.json") != recorded:
+            raise ChecksumMismatch(
+                f"model {version}: manifest.json was changed after registration (its sha256 differs from the one "
+                "history.jsonl recorded): refusing to load"
+            )
+        missing = [f for f in REQUIRED_FILES if f not in m.get("files", {})]
+        if missing:
+            raise ChecksumMismatch(f"model {version}: the manifest lists no checksum for {', '.join(missing)}")
+        unlisted = sorted(
+            p.name for p in (self.root / version).iterdir()
+            if p.name not in m["files"] and p.name not in ("manifest.json", "PINNED")
+        )  # fmt: skip
+        if unlisted:
+            raise ChecksumMismatch(f"model {version}: files not in its manifest: {', '.join(unlisted)}")
         for name, digest in m["files"].items():
             p = self.root / version / name
             if not p.exists():
@@ -159,6 +200,8 @@ class ModelRegistry:
     # ------------------------------------------------------------------------------------------ changes
     def register(self, files: Mapping[str, Path], manifest: Mapping[str, Any], who: str | None = None) -> str:
         """Copy `files` into a new version folder with `manifest` (+ checksums); returns the version."""
+        if not self.exists():
+            self.root.mkdir(parents=True, mode=0o750)
         with self.locked():
             existing = self.versions()
             n = int(existing[-1][1:]) + 1 if existing else 1
@@ -175,6 +218,7 @@ class ModelRegistry:
                     digests[name] = sha256_of(dst)
                 full = {**manifest, "version": version, "created": time.time(), "files": digests}
                 atomic_write_bytes(tmp / "manifest.json", json.dumps(full, indent=1, default=str).encode())
+                manifest_sha256 = sha256_of(tmp / "manifest.json")
                 os.rename(tmp, self.root / version)
                 fsync_dir(self.root)
             except BaseException:
@@ -189,6 +233,7 @@ class ModelRegistry:
                     "parent": manifest.get("parent"),
                     "gate": None if report is None else report.decision,
                     "reason": "" if report is None else "; ".join(report.reasons),
+                    "manifest_sha256": manifest_sha256,
                 }
             )
         return version
@@ -265,7 +310,8 @@ class ModelRegistry:
             )
             return current, to
 
-    def pin(self, version: str, pinned: bool = True) -> None:
+    def pin(self, version: str, pinned: bool = True, reason: str = "", who: str | None = None) -> None:
+        """Keep a version through retention (or stop keeping it), recorded in the history."""
         with self.locked():
             self.manifest(version)
             marker = self.root / version / "PINNED"
@@ -273,14 +319,27 @@ class ModelRegistry:
                 marker.touch()
             else:
                 marker.unlink(missing_ok=True)
+            self._append_history(
+                {"action": "pin" if pinned else "unpin", "version": version, "who": who or whoami(), "reason": reason}
+            )
+
+    def rollback_targets(self) -> set[str]:
+        """Every version that has been champion: what `rollback` (and `rollback --to`) can reach."""
+        out: set[str] = set()
+        for h in self.history():
+            if h.get("action") in ("promote", "rollback"):
+                out |= {v for v in (h.get("version"), h.get("previous")) if isinstance(v, str)}
+        return out
 
     def retain(self, keep_last: int) -> list[str]:
-        """Delete versions that are not the champion, not pinned and not among the last `keep_last` (>= 0)."""
+        """Delete versions that are not the champion, not a rollback target, not pinned and not among the last
+        `keep_last` (>= 0)."""
         if not isinstance(keep_last, int) or keep_last < 0:
             raise ValueError(f"keep_last must be a whole number >= 0, got {keep_last!r}")
         with self.locked():
             versions = self.versions()
             keep = set(versions[len(versions) - keep_last :]) | {self.champion()}  # [-0:] would keep all
+            keep |= self.rollback_targets()
             doomed = [v for v in versions if v not in keep and not (self.root / v / "PINNED").exists()]
             for v in doomed:
                 shutil.rmtree(self.root / v)

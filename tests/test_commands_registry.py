@@ -46,7 +46,8 @@ def test_models_and_status_show_the_champion_and_the_decisions(tmp_path: Path) -
     assert set(rows) == {"v0001", "v0002", "v0003"}
     assert "champion" in rows["v0003"] and "HOLD:not_significant" in rows["v0002"]
     r = run_cli("status", "--models", models, "--buffer", str(tmp_path / "no-buffer"))
-    assert r.returncode == 0 and "champion:    v0003" in r.stdout and "last cycle:  v0003 -> PROMOTE" in r.stdout
+    assert "champion:    v0003" in r.stdout and "last cycle:  v0003 -> PROMOTE" in r.stdout
+    assert r.returncode == 1 and "is not a rankrl buffer" in r.stderr  # no buffer: not a healthy answer
 
 
 def test_config_prints_every_field_with_overrides(tmp_path: Path) -> None:
@@ -58,3 +59,17 @@ def test_config_prints_every_field_with_overrides(tmp_path: Path) -> None:
     assert {"trainer.keep_last=4", "gate.alpha=0.01", "exploration.kappa=20.0"} <= lines
     r = run_cli("config", "--set", "gate.alpha=2")
     assert r.returncode == 2 and "gate.alpha" in r.stderr
+
+
+def test_read_only_commands_create_nothing_and_status_fails_without_a_registry(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env_args = ["--models", str(tmp_path / "models")]
+    r = subprocess.run([sys.executable, "-m", "rankrl", "status", *env_args, "--buffer", str(tmp_path / "buffer")],
+                       capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1 and "no model registry at" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "rankrl", "models", *env_args], capture_output=True, text=True,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a read-only command created a folder"

@@ -1,4 +1,4 @@
-"""The operator's registry commands: `models`, `status`, `promote`, `rollback`."""
+"""The operator's registry commands: `models`, `status`, `promote`, `rollback`, `pin`, `unpin`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--reason", required=True, help="why (kept in the history)")
     s.add_argument("--models", help="model registry directory (paths.registry_dir)")
     s.set_defaults(func=cmd_rollback)
+
+    for name, text in (("pin", "keep a version through retention"), ("unpin", "let retention remove a version")):
+        s = sub.add_parser(name, help=text)
+        add_config_flags(s)
+        s.add_argument("version")
+        s.add_argument("--reason", required=True, help="why (kept in the history)")
+        s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+        s.set_defaults(func=cmd_pin, pinned=name == "pin")
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
@@ -90,6 +98,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     cfg = config_from(args, {"paths": {"buffer_dir": args.buffer}})
+    missing = []
+    if not reg.exists():
+        missing.append(f"no model registry at {reg.root}")
     print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
     last = reg.latest()
     if last:
@@ -107,7 +118,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     except BufferFormatError as e:
         print(f"buffer:      {e}")
-    return 0
+        missing.append(str(e))
+    for m in missing:  # a script asking for status must not read "champion: none" as a healthy answer
+        log.error("status: %s", m)
+    return 1 if missing else 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -120,6 +134,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     print(f"promoted {args.version} (was {previous or 'none'})")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    reg.pin(args.version, pinned=args.pinned, reason=args.reason)
+    print(f"{'pinned' if args.pinned else 'unpinned'} {args.version}")
     return 0
 
 

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from deploy.registry import ChecksumMismatch, ModelRegistry, RegistryError, UnknownVersion
+from deploy.registry import REQUIRED_FILES, ChecksumMismatch, ModelRegistry, RegistryError, UnknownVersion
 
 
 def make(reg: ModelRegistry, tmp: Path, decision: str = "PROMOTE", parent: str | None = None) -> str:
-    f = tmp / "model.d3"
-    f.write_bytes(b"weights " + decision.encode() + str(len(reg.versions())).encode())
+    """A version with stand-ins for the four files every version carries."""
+    files = {}
+    for name in REQUIRED_FILES:
+        files[name] = tmp / name
+        files[name].write_bytes(name.encode() + b" " + decision.encode() + str(len(reg.versions())).encode())
     report = {"decision": decision, "reasons": [] if decision == "PROMOTE" else ["not_significant"]}
-    return reg.register({"model.d3": f}, {"parent": parent, "report": report}, who="test")
+    return reg.register(files, {"parent": parent, "report": report}, who="test")
 
 
 def test_promote_and_rollback_tell_the_story(tmp_path: Path) -> None:
@@ -143,3 +146,76 @@ def test_retention_keep_last_zero_keeps_only_the_champion_and_pinned(tmp_path: P
     assert reg.versions() == [vs[1], vs[2]]
     with pytest.raises(ValueError, match="keep_last"):
         reg.retain(keep_last=-1)
+
+
+def test_retention_keeps_every_version_a_rollback_can_reach(tmp_path: Path) -> None:
+    """Reported: after a promotion and keep_last held cycles, `rollback` answered "unknown model version"."""
+    reg = ModelRegistry(tmp_path / "m")
+    a = make(reg, tmp_path)
+    reg.promote(a, reason="first")
+    b = make(reg, tmp_path)
+    reg.promote(b, reason="second")
+    held = [make(reg, tmp_path, decision="HOLD") for _ in range(5)]
+    pinned = held[0]
+    reg.pin(pinned, reason="keep for the post-mortem")
+    removed = reg.retain(keep_last=2)
+    assert set(removed) == set(held[1:3])
+    assert reg.rollback(reason="b misbehaves") == (b, a)
+    assert pinned in reg.versions()
+    reg.pin(pinned, pinned=False, reason="done")
+    assert pinned in reg.retain(keep_last=2)
+    assert [h["action"] for h in reg.history() if h["action"] in ("pin", "unpin")] == ["pin", "unpin"]
+
+
+def test_tampering_with_a_manifest_is_refused(tmp_path: Path) -> None:
+    """Reported: a pickle rewritten with its sha256 recomputed in the manifest ran code at the next warm start; an
+    edited report.decision promoted without --force; dropping a file's entry turned its check off."""
+    import json
+    import pickle
+
+    reg = ModelRegistry(tmp_path / "m")
+    v = make(reg, tmp_path, decision="HOLD")
+    manifest_path = reg.root / v / "manifest.json"
+    original = manifest_path.read_bytes()
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (open, (str(marker), "w"))
+
+    (reg.root / v / "model.d3").write_bytes(pickle.dumps(Evil()))
+    m = json.loads(original)
+    from deploy.registry import sha256_of
+
+    m["files"]["model.d3"] = sha256_of(reg.root / v / "model.d3")
+    manifest_path.write_text(json.dumps(m))
+    with pytest.raises(ChecksumMismatch, match=r"manifest\.json was changed after registration"):
+        reg.path(v, "model.d3")  # what the trainer asks before it unpickles
+    assert not marker.exists()
+
+    m = json.loads(original)
+    m["report"]["decision"], m["report"]["reasons"] = "PROMOTE", []
+    manifest_path.write_text(json.dumps(m))
+    with pytest.raises(ChecksumMismatch):
+        reg.promote(v, reason="looks promoted")
+    assert reg.champion() is None
+
+    w = make(reg, tmp_path)
+    m = json.loads((reg.root / w / "manifest.json").read_bytes())
+    del m["files"]["policy.pt"]
+    (reg.root / w / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ChecksumMismatch):
+        reg.verify(w)
+    x = make(reg, tmp_path)
+    (reg.root / x / "extra.py").write_text("import os")
+    with pytest.raises(ChecksumMismatch, match=r"files not in its manifest: extra\.py"):
+        reg.verify(x)
+
+
+def test_a_new_registry_is_private_to_its_group_and_readers_create_nothing(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "nowhere")
+    assert reg.versions() == [] and reg.champion() is None and reg.history() == []
+    assert not (tmp_path / "nowhere").exists()
+    make(reg, tmp_path)
+    assert (reg.root.stat().st_mode & 0o777) == 0o750
