@@ -462,6 +462,21 @@ def parse_set_flags(pairs: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+CONFIG_SEARCH = ("./rankrl.toml", "/etc/rankrl/rankrl.toml")
+
+
+def discover_config_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration file when --config is not given: $RANKRL_CONFIG (which must exist), else ./rankrl.toml,
+    else /etc/rankrl/rankrl.toml, else none (the defaults)."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_PREFIX + "CONFIG"):
+        p = Path(env[ENV_PREFIX + "CONFIG"])
+        if not p.exists():
+            raise ConfigError(f"{ENV_PREFIX}CONFIG names {p}, which does not exist")
+        return p
+    return next((Path(c) for c in CONFIG_SEARCH if Path(c).is_file()), None)
+
+
 def load_config(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,

@@ -60,3 +60,36 @@ def test_evaluate_and_stream_fail_with_a_message_not_a_traceback(tmp_path: Path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr and "not a rankrl buffer" in missing.stderr
     bad = run("stream", "--source", "kafka://host", "--buffer", str(tmp_path / "b"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "streamer.source" in bad.stderr
+
+
+def test_json_output_log_flags_after_the_subcommand_and_config_discovery(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from deploy.registry import ModelRegistry
+    from tests.deploy.test_registry import make
+
+    reg = ModelRegistry(tmp_path / "models")
+    v = make(reg, tmp_path)
+    reg.promote(v, reason="test")
+    r = run_cli("models", "--models", str(reg.root), "--json", "--log-level", "WARNING")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["champion"] == v and [x["version"] for x in doc["versions"]] == [v]
+    r = run_cli("status", "--models", str(reg.root), "--buffer", str(tmp_path / "none"), "--json",
+                "--log-format", "json")  # fmt: skip
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["champion"] == v and json.loads(r.stdout)["problems"]
+    logged = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    assert logged and logged[-1]["level"] == "ERROR" and "status:" in logged[-1]["message"]
+
+    (tmp_path / "rankrl.toml").write_text("[gate]\nalpha = 0.02\n")
+    here = subprocess.run([sys.executable, "-m", "rankrl", "config"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    assert "gate.alpha=0.02" in here.stdout.splitlines(), here.stderr
+    other = tmp_path / "other.toml"
+    other.write_text("[gate]\nalpha = 0.03\n")
+    env = {**os.environ, "RANKRL_CONFIG": str(other), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    there = subprocess.run([sys.executable, "-m", "rankrl", "config"], capture_output=True, text=True, cwd=tmp_path,
+                           env=env)  # fmt: skip
+    assert "gate.alpha=0.03" in there.stdout.splitlines(), there.stderr

@@ -6,6 +6,7 @@ stop flag that the cycle honours between epochs; the half-trained candidate is d
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -37,6 +38,11 @@ class Trainer:
         self.cycles_run = 0
         champion = self.models.champion()
         self.metrics.champion.info({"version": champion or "none"})
+        # The last cycle that registered a version, from the registry: a restarted trainer must not read as one
+        # that never succeeded (the "no successful cycle" alert paged after every restart).
+        registered = [h["time"] for h in self.models.history() if h.get("action") == "register" and "time" in h]
+        if registered:
+            self.metrics.last_success.set(float(registered[-1]))
 
     def cycle(self) -> CycleResult | None:
         """One guarded cycle: outcomes and errors become metrics and log lines, never a crashed daemon."""
@@ -83,7 +89,21 @@ class Trainer:
         self.stop_event.set()
 
 
-def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = None) -> int:
+EXIT_HELD = 3  # `train --once`: a candidate was registered and the gate held it (0: promoted, 1: none registered)
+
+
+def cycle_summary(r: CycleResult) -> dict[str, object]:
+    """What `train --once --json` prints: the cycle's decision and its evidence, machine-readable."""
+    d = r.report.difference
+    return {
+        "version": r.version, "parent": r.parent, "decision": r.decision, "promoted": r.promoted,
+        "reasons": list(r.report.reasons), "delta": None if d is None else d.delta, "lcb": None if d is None else d.lcb,
+        "train_rows": r.train_rows, "holdout_rows": r.holdout_rows, "steps": r.steps,
+        "cumulative_steps": r.cumulative_steps, "seconds": round(r.seconds, 3),
+    }  # fmt: skip
+
+
+def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = None, as_json: bool = False) -> int:
     for line in describe(cfg):
         if line.startswith(("trainer.", "model.", "gate.", "paths.", "exploration.")):
             log.info("config %s", line)
@@ -91,7 +111,11 @@ def run_trainer(cfg: RankrlConfig, once: bool = False, max_cycles: int | None = 
     trainer = Trainer(cfg, registry)
     if once:
         r = trainer.cycle()
-        return 0 if r is not None else 1
+        if as_json:
+            print(json.dumps(None if r is None else cycle_summary(r)))
+        if r is None:
+            return 1
+        return 0 if r.promoted else EXIT_HELD
     if cfg.trainer.metrics_port:
         start_http_server(cfg.trainer.metrics_port, addr=cfg.trainer.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", cfg.trainer.metrics_host, cfg.trainer.metrics_port)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.config import RankrlConfig, load_config, parse_set_flags
+from common.config import RankrlConfig, discover_config_file, load_config, parse_set_flags
 
 
 def config_from(
@@ -25,12 +25,14 @@ def config_from(
     cli: dict[str, dict[str, object]] = dict(parse_set_flags(getattr(args, "set", None) or []))
     for section, values in (extra or {}).items():
         cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    cfg: RankrlConfig = load_config(getattr(args, "config", None), cli=cli, base=base)
+    cfg: RankrlConfig = load_config(getattr(args, "config", None) or discover_config_file(), cli=cli, base=base)
     return cfg
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument(
+        "--config", help="TOML configuration file (default: $RANKRL_CONFIG, ./rankrl.toml, /etc/rankrl/rankrl.toml)"
+    )
     p.add_argument(
         "--set",
         action="append",

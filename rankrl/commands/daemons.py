@@ -38,7 +38,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_flags(s)
     s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
     s.add_argument("--models", help="model registry directory (paths.registry_dir)")
-    s.add_argument("--once", action="store_true", help="run one cycle now and exit (0 = a candidate was registered)")
+    s.add_argument(
+        "--once", action="store_true",
+        help="run one cycle now and exit: 0 promoted, 3 registered and held, 1 nothing registered (skipped or failed)",
+    )  # fmt: skip
+    s.add_argument("--json", action="store_true", help="with --once: print the cycle's decision as JSON")
     s.add_argument("--max-cycles", type=int, help="exit after this many cycles")
     s.set_defaults(func=cmd_train)
 
@@ -103,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.daemon import run_trainer
 
     cfg = config_from(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
-    return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles)
+    return run_trainer(cfg, once=args.once, max_cycles=args.max_cycles, as_json=args.json)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         s = sub.add_parser(name, help=text)
         add_config_flags(s)
         s.add_argument("--models", help="model registry directory (paths.registry_dir)")
+        s.add_argument("--json", action="store_true", help="machine-readable output (one JSON document)")
         if name == "status":
             s.add_argument("--buffer", help="replay buffer directory (paths.buffer_dir)")
         s.set_defaults(func=func)
@@ -69,10 +71,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     reg = _registry(args)
     champion = reg.champion()
     rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
+    records = []
     for v in reg.versions():
         m = reg.manifest(v)
         r = report_of(m)
         status = "champion" if v == champion else ("pinned" if (reg.root / v / "PINNED").exists() else "")
+        records.append({
+            "version": v, "parent": m.get("parent"), "created": m["created"],
+            "cumulative_steps": m.get("cumulative_steps"),
+            "candidate_conversion": None if r is None or r.candidate is None else r.candidate.snips_conversion.value,
+            "lcb": None if r is None or r.difference is None else r.difference.lcb,
+            "decision": None if r is None else r.decision, "reasons": [] if r is None else list(r.reasons),
+            "status": status or None,
+        })  # fmt: skip
         rows.append(
             (
                 v,
@@ -85,6 +96,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 status,
             )
         )
+    if args.json:
+        print(json.dumps({"registry": str(reg.root), "champion": champion, "versions": records}))
+        return 0
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -101,24 +115,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     missing = []
     if not reg.exists():
         missing.append(f"no model registry at {reg.root}")
-    print(f"champion:    {reg.champion() or 'none (the logging policy serves)'}")
-    last = reg.latest()
-    if last:
-        r = report_of(reg.manifest(last))
-        verdict = "-" if r is None else f"{r.decision} {', '.join(r.reasons)}"
-        print(f"last cycle:  {last} -> {verdict}".rstrip())
-    else:
-        print("last cycle:  none yet")
+    champion, last = reg.champion(), reg.latest()
+    r = report_of(reg.manifest(last)) if last else None
+    st = None
     try:
         st = open_buffer(cfg.paths.buffer_dir).stats()
-        age = "-" if st["newest_event_time"] is None else f"{time.time() - st['newest_event_time']:.0f}s"
-        print(
-            f"buffer:      {st['rows']} rows in {st['segments']} segments, {st['bytes'] / 2**20:.1f} MiB, "
-            f"newest event {age} ago"
-        )
     except BufferFormatError as e:
-        print(f"buffer:      {e}")
         missing.append(str(e))
+    if args.json:
+        print(json.dumps({
+            "champion": champion,
+            "last_cycle": None if last is None else {"version": last, "decision": None if r is None else r.decision,
+                                                     "reasons": [] if r is None else list(r.reasons)},
+            "buffer": st, "problems": missing,
+        }))  # fmt: skip
+    else:
+        print(f"champion:    {champion or 'none (the logging policy serves)'}")
+        if last:
+            verdict = "-" if r is None else f"{r.decision} {', '.join(r.reasons)}"
+            print(f"last cycle:  {last} -> {verdict}".rstrip())
+        else:
+            print("last cycle:  none yet")
+        if st is not None:
+            age = "-" if st["newest_event_time"] is None else f"{time.time() - st['newest_event_time']:.0f}s"
+            print(f"buffer:      {st['rows']} rows in {st['segments']} segments, {st['bytes'] / 2**20:.1f} MiB, "
+                  f"newest event {age} ago")  # fmt: skip
+        else:
+            print(f"buffer:      {missing[-1]}")
     for m in missing:  # a script asking for status must not read "champion: none" as a healthy answer
         log.error("status: %s", m)
     return 1 if missing else 0

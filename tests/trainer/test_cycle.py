@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -311,3 +312,32 @@ def test_evaluate_decides_what_the_trainer_decided(buffer_dir: Path, tmp_path: P
     d = evaluate_models(cfg, r.version, "logging")  # the cycle had no champion: the logger was its baseline
     assert d.label == r.decision
     assert d.report.difference.lcb == pytest.approx(r.report.difference.lcb, abs=1e-9)
+
+
+def test_train_once_says_promoted_or_held_in_its_exit_code_and_json(buffer_dir: Path, tmp_path: Path) -> None:
+    """Scripts tell a promotion from a hold without parsing logs: exit 0 promoted, 3 held; --json the evidence."""
+    models = tmp_path / "models"
+    held = train_cmd(buffer_dir, models, "--once", "--json", "--set", "trainer.steps_per_cycle=20",
+                     "--set", "gate.min_holdout_rows=1000000000")  # fmt: skip
+    r = subprocess.run(held, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["version"] == "v0001" and out["promoted"] is False and out["decision"].startswith("HOLD")
+    assert "small_sample" in out["reasons"]
+    r = subprocess.run(train_cmd(tmp_path / "no-buffer", models, "--once", "--json"), capture_output=True, text=True)
+    assert r.returncode == 1 and json.loads(r.stdout) is None
+
+
+def test_a_restarted_trainer_reports_its_last_success_from_the_registry(buffer_dir: Path, tmp_path: Path) -> None:
+    """Reported: rankrl_trainer_last_success_timestamp_seconds started at 0 after every restart, so the "no successful
+    cycle" alert paged after each one."""
+    from prometheus_client import CollectorRegistry
+
+    from trainer.daemon import Trainer
+
+    cfg = config(buffer_dir, tmp_path / "models", trainer={"steps_per_cycle": 20})
+    run_cycle(cfg, ModelRegistry(tmp_path / "models"))
+    registered = ModelRegistry(tmp_path / "models").history()[0]["time"]
+    reg = CollectorRegistry()
+    Trainer(cfg, reg)  # a restart: no cycle run in this process yet
+    assert reg.get_sample_value("rankrl_trainer_last_success_timestamp_seconds") == registered
