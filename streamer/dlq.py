@@ -322,4 +322,7 @@ class KafkaDeadLetters:
         except Exception as e:  # not committed: their records are read again and dead-lettered then
             log.error("dead letters to %s: %d not confirmed at close: %s", self.topic, len(self._pending), e)
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            try:
+                self.producer.close(timeout=10)
+            except Exception as e:  # its unconfirmed records are logged above; nothing else to save
+                log.warning("dead letters to %s: producer close: %s", self.topic, e)
