@@ -36,6 +36,7 @@ from deploy.serving import load_policy_mean, load_torchscript
 from trainer.data import (
     ArraySampler,
     CycleData,
+    NotEnoughData,
     TrainingArrays,
     evaluation_data,
     fit_logging_model,
@@ -241,6 +242,19 @@ def shrink_base(
     return LinearSoftmaxPolicy(logging_model.mu, logging_model.sd, logging_model.coef)
 
 
+def skip_if_nothing_new(cfg: RankrlConfig, registry: ModelRegistry, positions: dict[str, int]) -> None:
+    """A cycle on the same data from the same parent with the same settings trains the same candidate again
+    (the seed follows the parent's steps): registering it would only fill the registry with copies."""
+    latest = registry.latest()
+    if latest is None:
+        return
+    parent = (registry.champion() if cfg.trainer.warm_start_from == "champion" else None) or latest
+    m = registry.manifest(latest)
+    same_settings = m.get("config", {}).get("trainer") == json.loads(json.dumps(cfg.trainer.__dict__, default=str))
+    if m.get("offsets") == positions and m.get("parent") == parent and same_settings:
+        raise NotEnoughData(f"no new data since {latest} (same buffer positions, parent {parent}): nothing to learn")
+
+
 def run_cycle(
     cfg: RankrlConfig,
     registry: ModelRegistry,
@@ -261,6 +275,7 @@ def run_cycle(
 
     tc = cfg.trainer
     data = load_cycle_data(cfg)
+    skip_if_nothing_new(cfg, registry, data.buffer.manifest().positions)
     lap("load")
     device = resolve_device(tc.device)
     algo, parent, steps_before = start_learner(cfg, registry, data.train, device)

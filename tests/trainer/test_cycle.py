@@ -341,3 +341,18 @@ def test_a_restarted_trainer_reports_its_last_success_from_the_registry(buffer_d
     reg = CollectorRegistry()
     Trainer(cfg, reg)  # a restart: no cycle run in this process yet
     assert reg.get_sample_value("rankrl_trainer_last_success_timestamp_seconds") == registered
+
+
+def test_a_cycle_with_nothing_new_registers_no_copy(buffer_dir: Path, tmp_path: Path) -> None:
+    """Reported: held cycles on the same data, from the same parent, registered identical copies (and pushed the
+    rollback target out of retention)."""
+    from trainer.data import NotEnoughData
+
+    cfg = config(buffer_dir, tmp_path / "models", trainer={"steps_per_cycle": 20})
+    reg = ModelRegistry(tmp_path / "models")
+    run_cycle(cfg, reg)
+    reg.promote("v0001", reason="test", force=True)
+    assert run_cycle(cfg, reg).parent == "v0001"  # a new parent: training goes on from it
+    with pytest.raises(NotEnoughData, match="no new data since v0002"):
+        run_cycle(cfg, reg)  # from the champion again, on the same rows: v0002 once more
+    assert reg.versions() == ["v0001", "v0002"]
