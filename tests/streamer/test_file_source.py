@@ -194,3 +194,19 @@ def test_a_file_replaced_or_rewritten_in_place_is_read_whole(tmp_path: Path, how
     # a restart reads nothing again
     r = subprocess.run(stream_cmd(src, buf, "--stop-when-idle", "1"), capture_output=True, text=True)
     assert r.returncode == 0 and len(stored_hashes(buf)) == len(got)
+
+
+def test_a_running_streamer_logs_a_summary_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Reported: a daemon running for hours logged nothing between its start and its stop."""
+    import logging
+
+    import streamer.loop
+
+    monkeypatch.setattr(streamer.loop, "SUMMARY_INTERVAL_S", 0.0)  # every refresh, instead of once a minute
+    src, buf = tmp_path / "events.jsonl", tmp_path / "buffer"
+    src.write_bytes(b"".join(events(200, seed=13)) + b"not json\n")
+    s = build_streamer(_config(src, buf), CollectorRegistry(), stop_when_idle_s=2.5)
+    with caplog.at_level(logging.INFO, logger="streamer.loop"):
+        assert s.run() == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("streamer summary")]
+    assert lines and "appended=200" in lines[-1] and "dead_letters=1" in lines[-1], lines[-1:]
