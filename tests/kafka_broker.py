@@ -54,6 +54,33 @@ def _docker_ok() -> bool:
     )
 
 
+def _jars() -> Path | None:
+    """The Kafka jars `ci/kafka/broker.sh fetch` got, when they and Java 17 are here."""
+    lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
+    return lib if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() and _java_ok() else None
+
+
+def _start_jar_broker(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Start a jar broker in `run_dir`: (the environment its broker.sh commands need, the variables it printed)."""
+    env = {**os.environ, "KAFKA_LIB_DIR": str(_jars()), "KAFKA_RUN_DIR": str(run_dir)}
+    r = subprocess.run([str(BROKER_SH), "start"], env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"the local jar broker did not start:\n{r.stderr}")
+    return env, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def _jar_broker(vals: dict[str, str]) -> KafkaBroker:
+    return KafkaBroker(
+        bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"],
+        sasl_bootstrap=vals["KAFKA_SASL_BOOTSTRAP_SERVERS"],
+        scram_user=vals["KAFKA_SCRAM_USER"],
+        scram_password=vals["KAFKA_SCRAM_PASSWORD"],
+        ssl_bootstrap=vals["KAFKA_SSL_BOOTSTRAP_SERVERS"],
+        ssl_cafile=vals["KAFKA_SSL_CAFILE"],
+        origin="jar broker",
+    )
+
+
 @contextmanager
 def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
     env_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -67,23 +94,10 @@ def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
             ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE"),
         )
         return
-    lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
-    if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() and _java_ok():
-        env = {**os.environ, "KAFKA_LIB_DIR": str(lib), "KAFKA_RUN_DIR": str(run_dir)}
-        r = subprocess.run([str(BROKER_SH), "start"], env=env, capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"the local jar broker did not start:\n{r.stderr}")
-        vals = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    if _jars() is not None:
+        env, vals = _start_jar_broker(run_dir)
         try:
-            yield KafkaBroker(
-                bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"],
-                sasl_bootstrap=vals["KAFKA_SASL_BOOTSTRAP_SERVERS"],
-                scram_user=vals["KAFKA_SCRAM_USER"],
-                scram_password=vals["KAFKA_SCRAM_PASSWORD"],
-                ssl_bootstrap=vals["KAFKA_SSL_BOOTSTRAP_SERVERS"],
-                ssl_cafile=vals["KAFKA_SSL_CAFILE"],
-                origin="jar broker",
-            )
+            yield _jar_broker(vals)
         finally:
             subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)
         return
@@ -115,15 +129,10 @@ class KillableBroker:
 @contextmanager
 def killable_broker(run_dir: Path) -> Iterator[KillableBroker]:
     """Its own broker (never the session's, which other tests share), from the jars `ci/kafka/broker.sh fetch` got."""
-    lib = Path(os.environ.get("KAFKA_LIB_DIR", ROOT / ".cache" / f"kafka-{KAFKA_VERSION}" / "lib"))
-    if not (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() or not _java_ok():
+    if _jars() is None:
         raise RuntimeError("a broker to kill needs the jar broker: run `ci/kafka/broker.sh fetch` (Java 17, Maven)")
-    env = {**os.environ, "KAFKA_LIB_DIR": str(lib), "KAFKA_RUN_DIR": str(run_dir)}
-    r = subprocess.run([str(BROKER_SH), "start"], env=env, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"the local jar broker did not start:\n{r.stderr}")
-    vals = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    env, vals = _start_jar_broker(run_dir)
     try:
-        yield KillableBroker(KafkaBroker(bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"], origin="jar broker"), env)
+        yield KillableBroker(_jar_broker(vals), env)
     finally:
         subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)
