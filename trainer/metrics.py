@@ -52,13 +52,14 @@ class TrainerMetrics:
 class RegistryCollector:
     """Registry state read at scrape time: history entries by action (rollbacks page someone) and versions."""
 
-    ACTIONS = ("register", "promote", "reject", "rollback")
+    ACTIONS = ("register", "promote", "reject", "rollback", "pin", "unpin")
 
     def __init__(self, root: str | Path) -> None:
         self.models = ModelRegistry(root)
 
     def collect(self) -> Iterator[Metric]:
-        counts = Tally(h.get("action") for h in self.models.history())
+        history = self.models.history()
+        counts = Tally(h.get("action") for h in history)
         events = CounterMetricFamily(
             "rankrl_registry_events", "Model registry history entries by action", labels=["action"]
         )
@@ -67,4 +68,10 @@ class RegistryCollector:
         yield events
         yield GaugeMetricFamily(
             "rankrl_registry_versions", "Model versions kept in the registry", value=len(self.models.versions())
+        )
+        changes = [h["time"] for h in history if h.get("action") in ("promote", "rollback") and "time" in h]
+        yield GaugeMetricFamily(
+            "rankrl_registry_last_champion_change_timestamp_seconds",
+            "When the champion last changed (promotion or rollback), from the history; 0 before the first",
+            value=float(changes[-1]) if changes else 0.0,
         )
