@@ -155,6 +155,7 @@ class KafkaSource:
         self._stored_positions = stored_positions
         self._on_revoked = on_revoked
         self._identities = identities
+        self._resetting: set[str] = set()  # topics an operator reset, until their partitions are settled
         self._lock = threading.Lock()
         self._new: set[Any] = set()
         self._floor: dict[Any, int] = {}
@@ -227,13 +228,27 @@ class KafkaSource:
         Always seek, even forwards of the consumer's position: on a rebalance this process's own partitions are
         revoked too (their unsealed rows dropped) and come back with a position past those rows.
         """
+        from kafka.errors import KafkaError
+
         with self._lock:
             new, self._new = self._new, set()
         if not new:
             return new
+        try:
+            self._settle(new)
+        except KafkaError as e:  # the broker went away mid-rebalance: settle them on a later poll
+            log.warning("kafka: cannot settle partitions %s yet (%s); retrying", sorted(map(str, new)), e)
+            with self._lock:
+                self._new |= new & set(self.consumer.assignment())
+        return new
+
+    def _settle(self, new: set[Any]) -> None:
         stored = self._stored_positions()
-        reset = {topic for topic in {tp.topic for tp in new} if self._check_identity(topic, stored)}
-        ends = self.consumer.end_offsets(list(new))
+        for topic in {tp.topic for tp in new}:
+            if self._check_identity(topic, stored):
+                self._resetting.add(topic)  # kept until its partitions are settled (a retry must not forget it)
+        reset = set(self._resetting)
+        ends = self.consumer.end_offsets(list(new), timeout_ms=10_000)
         for tp in new:
             # after a reset the group's committed offsets may still be the old topic's: read from the beginning
             committed = None if tp.topic in reset else self.consumer.committed(tp)
@@ -254,7 +269,7 @@ class KafkaSource:
                 stored.get(self.key(tp)),
                 committed,
             )
-        return new
+        self._resetting -= {tp.topic for tp in new}
 
     def _check_identity(self, topic: str, stored: dict[str, int]) -> bool:
         """Compare the topic's ids with the buffer's record of them (recording them the first time); True when
@@ -287,11 +302,16 @@ class KafkaSource:
         return False
 
     def poll(self, timeout_s: float) -> list[Record]:
+        from kafka.errors import KafkaError
+
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
             settled = self._settle_new_partitions()
         except _auth_errors() as e:
             raise _auth_failed(self.settings, repr(e)) from None
+        except KafkaError as e:  # a broker outage: nothing read now; the loop reports the outage (connected())
+            log.warning("kafka poll: %s", e)
+            return []
         assigned = self.consumer.assignment()
         out: list[Record] = []
         for tp, msgs in batches.items():
