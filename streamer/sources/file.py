@@ -46,6 +46,7 @@ class FileSource:
         self._identities = identities
         self._keys: dict[Path, str] = {}  # each file's current partition key (its generation)
         self._idents: dict[Path, dict[str, Any]] = {}
+        self._looked: dict[Path, tuple[int, int, int, int]] = {}  # (dev, ino, size, mtime) when last verified
         if not self.path.exists() and not follow:
             raise FatalSourceError(f"file source {self.path} does not exist")
         self.follow = follow
@@ -65,19 +66,17 @@ class FileSource:
         return [self.path] if self.path.exists() else []
 
     @staticmethod
-    def _identity(f: Path, st: os.stat_result) -> dict[str, Any]:
-        with open(f, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
+    def _identity(fd: int, st: os.stat_result) -> dict[str, Any]:
+        head = os.pread(fd, HEAD_BYTES, 0)
         return {"dev": st.st_dev, "ino": st.st_ino, "head": hashlib.sha256(head).hexdigest(), "head_len": len(head)}
 
-    def _same(self, f: Path, before: dict[str, Any], st: os.stat_result) -> bool:
+    @staticmethod
+    def _same(fd: int, before: dict[str, Any], st: os.stat_result) -> bool:
         if (before.get("dev"), before.get("ino")) != (st.st_dev, st.st_ino):
             return False
-        with open(f, "rb") as fh:
-            head = fh.read(int(before.get("head_len", 0)))
-        return hashlib.sha256(head).hexdigest() == before.get("head")
+        return hashlib.sha256(os.pread(fd, int(before.get("head_len", 0)), 0)).hexdigest() == before.get("head")
 
-    def _key(self, f: Path, st: os.stat_result) -> str:
+    def _key(self, f: Path, fd: int, st: os.stat_result) -> str:
         """The file's partition key, a new generation when it is not the file whose positions are stored."""
         base = self.key_of(f)
         key, before = self._keys.get(f), self._idents.get(f)
@@ -85,13 +84,13 @@ class FileSource:
             stored = self._identities.source_identity(base) if self._identities else None
             key, before = (stored["key"], stored) if stored else (base, None)
         pos = self._pos.get(str(key), 0)
-        if before is not None and (st.st_size < pos or not self._same(f, before, st)):
+        if before is not None and (st.st_size < pos or not self._same(fd, before, st)):
             gen = int(str(key).rpartition("#")[2]) + 1 if "#" in str(key) else 1
             log.warning("file source %s was replaced, truncated or rewritten (read to byte %d, now %d bytes): "
                         "reading the new file from its start as generation %d", f, pos, st.st_size, gen)  # fmt: skip
             key, before = f"{base}#{gen}", None
         if before is None or (before.get("head_len", 0) < HEAD_BYTES and st.st_size > before.get("head_len", 0)):
-            ident = {**self._identity(f, st), "key": key}  # recorded before any position under its key is stored
+            ident = {**self._identity(fd, st), "key": key}  # recorded before any position under its key is stored
             if self._identities is not None:
                 self._identities.record_source_identity(base, ident)
             before = ident
@@ -104,13 +103,26 @@ class FileSource:
             return []
         out: list[Record] = []
         for f in self._files():
-            st = f.stat()
-            key = self._key(f, st)
-            pos = self._pos.get(key, 0)
-            size = st.st_size
-            if size == pos:
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # rotated away since the listing
                 continue
-            with open(f, "rb") as fh:
+            looked = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._looked.get(f) == looked and st.st_size == self._pos.get(self._keys[f], 0):
+                continue  # unchanged since it was last verified and read to its end: no need to open it
+            try:
+                fh = open(f, "rb")  # noqa: SIM115 -- closed by the with below, after the race is handled
+            except FileNotFoundError:
+                continue
+            with fh:
+                # identity and data from one open file: a replacement between a stat and an open cannot mix them
+                st = os.fstat(fh.fileno())
+                key = self._key(f, fh.fileno(), st)
+                self._looked[f] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                pos = self._pos.get(key, 0)
+                size = st.st_size
+                if size == pos:
+                    continue
                 fh.seek(pos)
                 chunk = fh.read(min(self.CHUNK, size - pos))
                 if b"\n" not in chunk and size - pos > self.max_record_bytes:
@@ -119,14 +131,14 @@ class FileSource:
                         out.append(rec)
                         self._pos[key] = rec.next_position
                     continue
-            start = 0
+            start, name = 0, str(f)
             while len(out) < self.max_records:
                 nl = chunk.find(b"\n", start)
                 if nl < 0:
                     break  # an incomplete last line: wait for its newline
                 line = chunk[start:nl]
                 if line.strip():
-                    out.append(Record(key, pos + start, pos + nl + 1, line, topic=str(f)))
+                    out.append(Record(key, pos + start, pos + nl + 1, line, name))
                 start = nl + 1
             self._pos[key] = pos + start
             if len(out) >= self.max_records:
