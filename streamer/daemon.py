@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.config import RankrlConfig, describe, resolve_secret
+from common.progress import progress_bar
 from common.signals import install_stop_handlers
 from streamer.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from streamer.join import BothFiles, JoinSource
@@ -190,7 +191,9 @@ def _joining_streamer(
     return _streamer(cfg, registry, writer, source_factory, dead_letters, stop_when_idle_s)
 
 
-def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> int:
+def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None, progress: bool | None = False) -> int:
+    """Run until stopped (SIGTERM/SIGINT) or idle for `stop_when_idle_s`. `progress`: a backfill bar on stderr
+    (None: when stderr is a terminal)."""
     for line in describe(cfg):
         if line.startswith(("streamer.", "paths.", "reward.", "join.")):
             log.info("config %s", line)
@@ -203,4 +206,6 @@ def run_streamer(cfg: RankrlConfig, stop_when_idle_s: float | None = None) -> in
     j = cfg.join
     source = f"join of {j.decisions} and {j.outcomes} (window {j.window_s:g}s)" if j.enabled else cfg.streamer.source
     log.info("streamer started source=%s buffer=%s", source, cfg.paths.buffer_dir)
-    return streamer.run()
+    with progress_bar(progress, unit="event", desc="backfill") as bar:
+        streamer.progress = bar
+        return streamer.run()

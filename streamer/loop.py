@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from kafka.errors import KafkaError
@@ -79,6 +80,7 @@ class Streamer:
         self._summary_at = time.monotonic()
         self._lag_labels: set[str] = set()
         self.newest_event_time = 0.0
+        self.progress: Any = None  # a tqdm bar (rankrl stream --progress): events read against events readable
         # Revocations so far, and each one's partitions: a batch polled before a revocation skips those.
         self._revocations = 0
         self._revoked: dict[int, set[str]] = {}
@@ -151,6 +153,7 @@ class Streamer:
                 self.pool.submit(pending, pending_since)
             self.drain()
             self.checkpoint()
+            self._show_progress(self.source.lag())
             return 0
         finally:
             self.pool.close()
@@ -282,6 +285,16 @@ class Streamer:
         self.source.poll(delay)
         self._refresh_lag()
 
+    def _show_progress(self, lag: dict[str, int]) -> None:
+        """The backfill bar: events consumed of consumed + lag (Kafka); a file source has no lag, only the count."""
+        bar = self.progress
+        if bar is None or bar.disable:
+            return
+        done = int(self.metrics.value("events_consumed_total"))
+        bar.total = done + sum(lag.values()) if lag else None
+        bar.n = done
+        bar.refresh()
+
     def _refresh_gauges(self) -> None:
         m = self.writer.dir.read_manifest()
         self.metrics.buffer_rows.set(sum(s["rows"] for s in m.segments))
@@ -300,6 +313,7 @@ class Streamer:
         for part, n in lag.items():
             self.metrics.lag.labels(partition=part).set(n)
         self._lag_labels = set(lag)
+        self._show_progress(lag)
         if now - self._summary_at >= SUMMARY_INTERVAL_S:
             self._summary_at = now
             m = self.metrics

@@ -26,6 +26,10 @@ def test_simulate_writes_valid_events(tmp_path: Path) -> None:
     assert len({e.log_id for e in events}) == 1000
     assert all(e.logging_log_density is not None for e in events)
     assert "events_per_s=" in r.stderr
+    assert "simulate:" not in r.stderr  # stderr is not a terminal here: no bar unless asked
+
+    r = run_cli("simulate", "--events", "1000", "--out", str(out), "--progress")
+    assert r.returncode == 0 and "simulate: 100%" in r.stderr and "1000/1000" in r.stderr, r.stderr
 
 
 def test_help_lists_subcommands() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from common.buffer import BufferFormatError, open_buffer
 from common.config import RankrlConfig
 from common.gate_report import GateReport
-from common.ope import Estimate
+from common.ope import Estimate, Progress
 from deploy.registry import ModelRegistry, RegistryError
 from deploy.serving import load_policy_mean
 from trainer.cycle import load_cql, policy_mean, resolve_device
@@ -35,7 +35,11 @@ def resolve_model(spec: str, registry: ModelRegistry) -> Path:
 
 
 def evaluate_models(
-    cfg: RankrlConfig, candidate: str, champion: str | None, holdout_fraction: float | None = None
+    cfg: RankrlConfig,
+    candidate: str,
+    champion: str | None,
+    holdout_fraction: float | None = None,
+    progress: Progress | None = None,
 ) -> GateDecision:
     """The trainer's gate (`build_gate`: its shrunk steps included) for a candidate against `champion`: a registry
     version or a .d3 file, by default the registry's champion, or the logging policy when there is none or
@@ -82,6 +86,7 @@ def evaluate_models(
         behaviour_fit=logging_model if missing else None,
         logging_mean=logging_model.mean if from_logger and logging_model is not None else None,
         seed=cfg.trainer.seed,
+        progress=progress,
     )
     decision.report = decision.report.with_extras(
         models={"candidate": candidate, "champion": champion or "logging policy"}

@@ -36,6 +36,7 @@ from common.exploration import DirichletExploration
 from common.gate_report import Check, GateReport, PolicyEvidence, StepEvidence
 from common.ope import (
     DirichletBehaviourModel,
+    Progress,
     WeightDiagnostics,
     doubly_robust,
     estimate,
@@ -209,6 +210,7 @@ class PromotionGate:
         bootstrap: str | None = None,
         cross_checks: bool = True,
         seed: int = 0,
+        progress: Progress | None = None,
     ) -> GateDecision:
         """Decide on `candidate` (a mean-weights function). `bootstrap` (default `gate.bootstrap`): "when_needed"
         bootstraps Δ only where the t bound clears the margin (the lower bound is min(t, bootstrap), so where t
@@ -216,7 +218,8 @@ class PromotionGate:
         "always" computes every bootstrap for the report.
 
         `behaviour_fit` is used only for rows without a logged density: rows to fit the behaviour model on (never
-        the evaluated ones), or a model already fitted on such rows."""
+        the evaluated ones), or a model already fitted on such rows. `progress(k)` is told of each k bootstrap
+        replicates (`rankrl evaluate`'s progress bar)."""
         cfg = self.config
         bootstrap = bootstrap or cfg.bootstrap
         rng = np.random.default_rng(seed)
@@ -282,7 +285,7 @@ class PromotionGate:
                 continue
             cand_mean = cand_mean_full if t >= 1.0 else shrink_towards(base_mean, cand_mean_full, t)  # type: ignore[arg-type]
             evidence, step_checks = self._evaluate_step(
-                t, data, conv, logp, w0, cand_mean, champion_checks, logging_mean, model, rng, bootstrap
+                t, data, conv, logp, w0, cand_mean, champion_checks, logging_mean, model, rng, bootstrap, progress
             )
             steps.append(evidence)
             if all(ok for _, ok, _ in checks + step_checks):
@@ -309,6 +312,7 @@ class PromotionGate:
         model: DirichletBehaviourModel | None,
         rng: np.random.Generator,
         bootstrap: str,
+        progress: Progress | None = None,
     ) -> tuple[StepEvidence, list[tuple[str, bool, str]]]:
         cfg = self.config
         w1 = np.exp(self.exploration.log_density(data.actions, cand_mean) - logp)
@@ -332,6 +336,7 @@ class PromotionGate:
                 bootstrap=self.bootstrap_samples,
                 rng=rng,
                 margin=cfg.min_lift if bootstrap == "when_needed" else None,
+                progress=progress,
             )
         checks.append(
             (
@@ -343,8 +348,8 @@ class PromotionGate:
         )
         boot = self.bootstrap_samples if bootstrap == "always" else 0
         candidate = PolicyEvidence(
-            snips_conversion=estimate(conv, w1, "snips", bootstrap=boot, rng=rng),
-            ips_conversion=estimate(conv, w1, "ips", bootstrap=boot, rng=rng),
+            snips_conversion=estimate(conv, w1, "snips", bootstrap=boot, rng=rng, progress=progress),
+            ips_conversion=estimate(conv, w1, "ips", bootstrap=boot, rng=rng, progress=progress),
             snips_reward=estimate(data.reward, w1, "snips"),
             ips_reward=estimate(data.reward, w1, "ips"),
             action_mse_vs_logged=float(((cand_mean - data.actions) ** 2).sum(axis=1).mean()),

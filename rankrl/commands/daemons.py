@@ -22,6 +22,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--outcomes", help="join mode: the outcomes rankrl serve logs (join.outcomes)")
     s.add_argument("--stop-when-idle", type=float, metavar="SECONDS", help="stop after this long without records")
+    s.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a backfill bar on stderr: events read of those readable (default: with --stop-when-idle on a terminal)",
+    )
     s.set_defaults(func=cmd_stream)
 
     s = sub.add_parser(
@@ -71,7 +77,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         },
     )
     try:
-        return run_streamer(cfg, stop_when_idle_s=args.stop_when_idle)
+        # A backfill (--stop-when-idle) on a terminal shows a bar; a daemon's log never does unless asked.
+        progress = args.progress if args.progress is not None or args.stop_when_idle else False
+        return run_streamer(cfg, stop_when_idle_s=args.stop_when_idle, progress=progress)
     except (FatalSourceError, StreamerStopped) as e:
         log.error("streamer stopped: %s", e)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from common.progress import add_progress_flag, progress_bar
 from rankrl.commands import add_config_flags, config_from
 
 log = logging.getLogger("rankrl")
@@ -23,6 +24,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--holdout-fraction", type=float, help="newest share of the window to evaluate on")
     s.add_argument("--out", help="folder for evaluation_report.json and evaluation.png (paths.results_dir)")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the gate's report as one JSON document (the file's content) instead of the table",
+    )
+    add_progress_flag(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("config", help="print the effective configuration, every section and field")
@@ -38,13 +45,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = config_from(args, {"paths": {"buffer_dir": args.buffer, "registry_dir": args.models}})
     try:
-        decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction)
+        with progress_bar(args.progress, unit="replicate", desc="bootstrap") as bar:
+            decision = evaluate_models(cfg, args.candidate, args.champion, args.holdout_fraction, bar.update)
     except EvaluationError as e:
         log.error("evaluate: %s", e)
         return 1
-    print(format_report(decision.report))
     j, p = write_outputs(decision.report, Path(args.out or cfg.paths.results_dir))
-    print(f"report: {j}\nplot:   {p}")
+    if args.json:
+        print(j.read_text())
+    else:
+        print(format_report(decision.report))
+        print(f"report: {j}\nplot:   {p}")
     return 0
 
 

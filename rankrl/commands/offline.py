@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 
+from common.progress import add_progress_flag, progress_bar
 from rankrl.commands import add_config_flags, config_from
 
 log = logging.getLogger("rankrl")
@@ -27,6 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="mean policy that serves the traffic (default: the simulator's logging policy)",
     )
     s.add_argument("--no-propensity", action="store_true", help="omit log_propensity from the events")
+    add_progress_flag(s)
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("fit", help="the batch path of the original train.py: train once from a JSONL file")
@@ -88,15 +90,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     world = RankingWorld(WorldConfig(), world_seed=args.world_seed)
     policy = personalised_policy if args.policy == "personalised" else None
     t0 = time.perf_counter()
-    n = write_jsonl(
-        world,
-        args.out,
-        args.events,
-        args.seed,
-        policy=policy,
-        exploration=DirichletExploration(kappa=args.kappa),
-        log_propensity=not args.no_propensity,
-    )
+    with progress_bar(args.progress, total=args.events, unit="search", desc="simulate") as bar:
+        n = write_jsonl(
+            world,
+            args.out,
+            args.events,
+            args.seed,
+            policy=policy,
+            exploration=DirichletExploration(kappa=args.kappa),
+            log_propensity=not args.no_propensity,
+            on_batch=bar.update,
+        )
     dt = time.perf_counter() - t0
     log.info("simulated events=%d out=%s seconds=%.2f events_per_s=%.0f", n, args.out, dt, n / dt)
     return 0

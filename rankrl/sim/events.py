@@ -8,7 +8,7 @@ the arrays the gate evaluates (no JSON), for sweeps and tests.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -196,13 +196,22 @@ def served_outcomes(
     return out
 
 
-def write_jsonl(world: RankingWorld, path: str, n: int, seed: int, **kwargs: object) -> int:
-    """Write n logged events to a JSONL file; returns the count."""
+def write_jsonl(
+    world: RankingWorld,
+    path: str,
+    n: int,
+    seed: int,
+    on_batch: Callable[[int], object] | None = None,
+    **kwargs: object,
+) -> int:
+    """Write n logged events to a JSONL file; returns the count. `on_batch(k)` after each batch of k (progress)."""
     written = 0
     with open(path, "wb") as f:
         for _, _, _, events in simulate(world, n, seed, **kwargs):  # type: ignore[arg-type]
             f.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
             written += len(events)
+            if on_batch is not None:
+                on_batch(len(events))
     return written
 
 

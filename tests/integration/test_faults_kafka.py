@@ -239,3 +239,19 @@ def test_dead_letters_in_flight_through_an_outage_longer_than_the_delivery_timeo
         offsets = sorted(int(dict(m.headers)["dlq.original.offset"]) for m in c)
         c.close()
         assert set(offsets) == {0, 1, 2, 3}
+
+
+def test_a_backfill_shows_its_progress_only_when_asked_or_on_a_terminal(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """`rankrl stream --stop-when-idle --progress`: a bar of events read against events readable (consumed + lag);
+    without the flag and with stderr not a terminal (a daemon's log), no bar."""
+    topic, group = kafka.topic("backfill"), kafka.topic("g")
+    create_topic(kafka, topic, 2)
+    create_topic(kafka, topic + ".dlq")
+    produce(kafka, topic, simulated(600, seed=5), 2)
+    r = stream(kafka, topic, tmp_path / "b1", group, "--progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "backfill: 100%" in r.stderr and "600/600" in r.stderr, r.stderr[-2000:]
+    assert len(stored(tmp_path / "b1")) == 600
+    r = stream(kafka, topic, tmp_path / "b2", kafka.topic("g"))
+    assert r.returncode == 0 and "backfill:" not in r.stderr, r.stderr[-2000:]
+    assert len(stored(tmp_path / "b2")) == 600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -151,6 +152,26 @@ def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
     report = orjson.loads((out / "evaluation_report.json").read_bytes())
     assert report["models"] == {"candidate": "v0002", "champion": "v0001"}
     assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
+    # scripted: --json prints the report as one JSON document; --progress draws the bootstrap's bar on stderr
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "rankrl", "evaluate", "--buffer", str(buffer_dir)),
+            *("--models", str(tmp_path / "models"), "--candidate", "v0002", "--champion", "logging"),
+            *("--out", str(out), "--json", "--progress", "--set", "trainer.window_s=1e10"),
+            *("--set", "gate.min_holdout_rows=500", "--set", "gate.bootstrap=always"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = orjson.loads(r.stdout)
+    assert report["models"] == {"candidate": "v0002", "champion": "logging policy"}
+    assert report["decision"] in ("PROMOTE", "HOLD")
+    replicates = [int(n) for n in re.findall(r"bootstrap: (\d+)replicate", r.stderr)]
+    assert replicates and max(replicates) >= 2000, r.stderr[-2000:]
 
 
 def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tmp_path: Path) -> None:
