@@ -74,7 +74,7 @@ class StepEvidence:
         return cls(
             step=float(d["step"]),
             candidate=PolicyEvidence.from_dict(d["candidate"]),
-            candidate_weights=WeightDiagnostics(**d["candidate_weights"]),
+            candidate_weights=WeightDiagnostics.from_dict(d["candidate_weights"]),
             difference=PairedDifference(**d["difference"]),
             support_violation_share=d.get("support_violation_share"),
         )
@@ -188,7 +188,7 @@ class GateReport:
             exploration=dict(d.get("exploration", {})),
             checks=tuple(Check(**c) for c in d.get("checks", ())),
             champion=PolicyEvidence.from_dict(d["champion"]) if d.get("champion") else None,
-            champion_weights=WeightDiagnostics(**d["champion_weights"]) if d.get("champion_weights") else None,
+            champion_weights=WeightDiagnostics.from_dict(d["champion_weights"]) if d.get("champion_weights") else None,
             steps=tuple(StepEvidence.from_dict(s) for s in d.get("steps", ())),
             business=d.get("business"),
             behaviour_model=d.get("behaviour_model"),

@@ -224,9 +224,29 @@ class WeightDiagnostics:
     mean_weight_tolerance: float  # max(0.05, 3 sd(w)/√n)
     pareto_k: float  # generalised-Pareto shape of the upper weight tail (PSIS k̂)
     log_weight_max: float
+    # The weights' distribution for plots: counts per bin of log10(w) on WEIGHT_LOG10_EDGES, the outer bins holding
+    # everything beyond them (None in reports written before it existed).
+    log10_histogram: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightDiagnostics:
+        h = d.get("log10_histogram")
+        return cls(**{**d, "log10_histogram": None if h is None else tuple(int(c) for c in h)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Bins of log10(w) for WeightDiagnostics.log10_histogram: 1/1000 to 1000, four per decade.
+WEIGHT_LOG10_EDGES = np.linspace(-3.0, 3.0, 25)
+
+
+def log10_weight_histogram(w: np.ndarray) -> tuple[int, ...]:
+    """Counts of log10(w) per WEIGHT_LOG10_EDGES bin, values beyond the edges counted in the outer bins."""
+    with np.errstate(divide="ignore"):
+        lw = np.clip(np.log10(np.asarray(w, dtype=np.float64)), WEIGHT_LOG10_EDGES[0], WEIGHT_LOG10_EDGES[-1])
+    counts, _ = np.histogram(lw, bins=WEIGHT_LOG10_EDGES)
+    return tuple(int(c) for c in counts)
 
 
 def weight_diagnostics(w: np.ndarray, converted: np.ndarray) -> WeightDiagnostics:
@@ -245,6 +265,7 @@ def weight_diagnostics(w: np.ndarray, converted: np.ndarray) -> WeightDiagnostic
         mean_weight_tolerance=max(0.05, 3.0 * sd / np.sqrt(max(n, 1))),
         pareto_k=pareto_k_hat(w),
         log_weight_max=float(np.log(w.max())) if n and w.max() > 0 else float("-inf"),
+        log10_histogram=log10_weight_histogram(w) if n else None,
     )
 
 

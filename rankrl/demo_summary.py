@@ -17,6 +17,7 @@ import numpy as np
 
 from common.buffer import BufferFormatError, open_buffer
 from common.exploration import DirichletExploration
+from common.ope import WEIGHT_LOG10_EDGES
 from deploy.registry import ModelRegistry, report_of
 from deploy.serving import load_policy_mean
 from rankrl.demo_options import DemoOptions
@@ -57,8 +58,13 @@ def cycle_rows(registry: ModelRegistry) -> list[dict[str, Any]]:
                 "estimate_high": None if cand is None else cand.ci_high,
                 "baseline_estimate": None if r.champion is None else r.champion.snips_conversion.value,
                 "delta": None if diff is None else diff.delta,
+                "delta_low": None if diff is None else diff.ci_low,
+                "delta_high": None if diff is None else diff.ci_high,
                 "delta_lcb": None if diff is None else diff.lcb,
+                "margin": r.margin,
                 "ess_fraction": None if r.candidate_weights is None else r.candidate_weights.ess_fraction,
+                "pareto_k": None if r.candidate_weights is None else r.candidate_weights.pareto_k,
+                "weights_log10_histogram": None if r.candidate_weights is None else r.candidate_weights.log10_histogram,
             }
         )
     return rows
@@ -144,6 +150,9 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def plot_summary(s: dict[str, Any], path: Path) -> Path:
+    """Three panels, one x per cycle: conversion (each candidate's estimate and truth, the champion's truth, the
+    logger's and the best known policy's); what decided (Δ against the baseline, the lower bound the gate compares
+    and its margin); and each cycle's importance-weight distribution. Artists carry gids for tests."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,45 +160,62 @@ def plot_summary(s: dict[str, Any], path: Path) -> Path:
 
     cyc = s["cycles"]
     x = np.arange(1, len(cyc) + 1)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, ad, aw) = plt.subplots(3, 1, figsize=(8, 10), gridspec_kw={"height_ratios": [3, 2, 2]})
     ax.axhline(100 * s["logging_true_conversion"], color="grey", ls="--", label="logging policy (true)")
     ax.axhline(100 * s["best_known_true_conversion"], color="green", ls=":", label="best known policy (true)")
+    nan = lambda key, c: np.nan if c.get(key) is None else 100 * c[key]  # noqa: E731
     if cyc:
-        est = np.array([np.nan if c["estimate"] is None else c["estimate"] for c in cyc]) * 100
-        low = np.array([np.nan if c["estimate_low"] is None else c["estimate_low"] for c in cyc]) * 100
-        high = np.array([np.nan if c["estimate_high"] is None else c["estimate_high"] for c in cyc]) * 100
-        ax.errorbar(
-            x,
-            est,
-            yerr=[est - low, high - est],
-            fmt="o",
-            color="tab:blue",
-            capsize=4,
-            label="candidate, estimated (SNIPS, 95% CI)",
-        )
+        est = np.array([nan("estimate", c) for c in cyc])
+        low, high = np.array([nan("estimate_low", c) for c in cyc]), np.array([nan("estimate_high", c) for c in cyc])
+        ax.errorbar(x, est, yerr=[est - low, high - est], fmt="o", color="tab:blue", capsize=4,
+                    label="candidate, estimated (SNIPS, 95% CI)")  # fmt: skip
         ax.plot(x, [100 * c["true_conversion"] for c in cyc], "x", color="tab:red", ms=9, label="candidate (true)")
-        ax.step(
-            x,
-            [100 * c["champion_true_after"] for c in cyc],
-            where="mid",
-            color="tab:purple",
-            label="champion after the cycle (true)",
-        )
+        ax.step(x, [100 * c["champion_true_after"] for c in cyc], where="mid", color="tab:purple",
+                label="champion after the cycle (true)")  # fmt: skip
         for xi, c in zip(x, cyc, strict=True):
             if c["decision"] == "PROMOTE":
-                ax.annotate(
-                    "promoted",
-                    (xi, 100 * c["true_conversion"]),
-                    textcoords="offset points",
-                    xytext=(0, 8),
-                    ha="center",
-                    fontsize=8,
-                )
+                ax.annotate("promoted", (xi, 100 * c["true_conversion"]), textcoords="offset points", xytext=(0, 8),
+                            ha="center", fontsize=8)  # fmt: skip
         ax.set_xticks(x)
-    ax.set_xlabel("training cycle")
     ax.set_ylabel("conversion rate (%)")
     ax.set_title("rankrl demo: conversion per cycle")
     ax.legend(fontsize=8, loc="best")
+
+    # What decided: Δ (the step shown: promoted, else the last tested) with its lower bound against the margin.
+    margins = [c["margin"] for c in cyc if c.get("margin") is not None]
+    if margins:
+        ad.axhline(100 * margins[-1], color="tab:red", ls="--", gid="margin", label="margin (gate.min_lift)")
+    ad.axhline(0.0, color="grey", lw=0.8)
+    for xi, c in zip(x, cyc, strict=True):
+        if c.get("delta") is None:
+            continue
+        color = "tab:green" if c["decision"] == "PROMOTE" else "tab:orange"
+        ad.vlines(xi, nan("delta_low", c), nan("delta_high", c), color=color, lw=2, alpha=0.5)
+        ad.plot([xi], [100 * c["delta"]], "o", color=color)
+        ad.plot([xi], [100 * c["delta_lcb"]], marker="_", ms=16, mew=3, color=color, ls="none", gid="lcb")
+    ad.plot([], [], marker="_", ms=12, mew=3, color="tab:green", ls="none", label="lower bound (promoted)")
+    ad.plot([], [], marker="_", ms=12, mew=3, color="tab:orange", ls="none", label="lower bound (held)")
+    ad.set_ylabel("Δ conversion vs baseline (pp)")
+    ad.set_title("what the gate decided on: Δ, its 90% interval and its lower bound", fontsize=9)
+    ad.legend(fontsize=7, loc="best")
+    ad.set_xticks(x)
+
+    edges = 10.0**WEIGHT_LOG10_EDGES
+    for i, c in enumerate(cyc):
+        h = c.get("weights_log10_histogram")
+        if h is None:
+            continue
+        ess = "" if c.get("ess_fraction") is None else f", ESS/n {c['ess_fraction']:.2f}"
+        aw.stairs(list(h), list(edges), color=plt.get_cmap("viridis")(i / max(len(cyc) - 1, 1)), gid="weights",
+                  label=f"{c['version']}{ess}")  # fmt: skip
+    aw.set_xscale("log")
+    aw.axvline(1.0, color="grey", lw=0.8)
+    aw.set_xlabel("importance weight w = candidate / logged density (log scale; outer bins: beyond)")
+    aw.set_ylabel("searches")
+    aw.set_title("the holdout's importance weights per cycle (the step shown)", fontsize=9)
+    if aw.get_legend_handles_labels()[0]:
+        aw.legend(fontsize=7, loc="upper left", ncol=2)
+    ad.set_xlabel("training cycle")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,25 +1,29 @@
 """`rankrl evaluate`: a candidate against the champion (or the logging policy) on the buffer's newest rows.
 
-Prints the gate's report as a table, writes it as JSON, and plots both policies' conversion estimates with
-their 95% intervals next to the logged conversion (PNG).
+Prints the gate's report as a table, writes it as JSON, and plots what decides (PNG): the paired Δ of each step
+tested with the lower bound the gate compares against its margin, and the importance-weight distribution.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.buffer import BufferFormatError, open_buffer
 from common.config import RankrlConfig
 from common.gate_report import GateReport
-from common.ope import Estimate, Progress
+from common.ope import WEIGHT_LOG10_EDGES, Estimate, Progress
 from deploy.registry import ModelRegistry, RegistryError
 from deploy.serving import load_policy_mean
 from trainer.cycle import load_cql, policy_mean, resolve_device
 from trainer.data import evaluation_data, finite_rows, fit_logging_model, split_holdout
 from trainer.gate import GateDecision, build_gate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class EvaluationError(RuntimeError):
@@ -138,30 +142,68 @@ def format_report(r: GateReport) -> str:
     return "\n".join(lines)
 
 
-def plot_report(r: GateReport, path: Path) -> None:
+def draw_report(r: GateReport) -> Figure:
+    """What decides, drawn: left, the paired Δ of each step tested (point, two-sided interval, the lower bound the
+    gate compares) against the margin `gate.min_lift`; right, the importance weights of the step shown (their
+    log10 histogram, with ESS/n and k̂). Artists carry gids ("margin", "lcb", "weights") for tests."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows: list[tuple[str, float | None, float | None, float | None]] = [
-        ("logged", (r.business or {}).get("conversion_rate"), None, None)
-    ]
-    for name, ev in (("champion", r.champion), ("candidate", r.candidate)):
-        if ev is not None:
-            e = ev.snips_conversion
-            rows.append((name, e.value, e.ci_low, e.ci_high))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for i, (name, v, lo, hi) in enumerate(rows):
-        if v is None:
-            continue
-        ax.plot([v], [i], "o", color="C0" if name != "candidate" else "C1")
-        if lo is not None and hi is not None:
-            ax.hlines(i, lo, hi, color="C0" if name != "candidate" else "C1", lw=3)
-    ax.set_yticks(range(len(rows)), [r_[0] for r_ in rows])
-    ax.set_xlabel("conversion rate (SNIPS, 95% interval)")
-    ax.set_title(f"gate: {r.decision}" + (f" ({', '.join(r.reasons)[:60]})" if r.reasons else ""), fontsize=9)
+    fig, (ax, aw) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    pp = 100.0  # percentage points
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.axvline(
+        pp * r.margin, color="tab:red", ls="--", gid="margin", label=f"margin (gate.min_lift) {pp * r.margin:+.3f}pp"
+    )
+    for i, s in enumerate(r.steps):
+        d = s.difference
+        passed = r.promoted_step is not None and s.step <= r.promoted_step
+        color = "tab:green" if passed else "tab:orange"
+        ax.hlines(i, pp * d.ci_low, pp * d.ci_high, color=color, lw=2, alpha=0.5)
+        ax.plot([pp * d.delta], [i], "o", color=color)
+        ax.plot([pp * d.lcb], [i], marker="|", ms=18, mew=3, color=color, gid="lcb", ls="none",
+                label="lower bound the gate compares" if i == 0 else None)  # fmt: skip
+        ax.annotate(f"LCB {pp * d.lcb:+.3f}pp", (pp * d.lcb, i), textcoords="offset points", xytext=(0, 9),
+                    ha="center", fontsize=7)  # fmt: skip
+    if r.steps:
+        ax.set_yticks(range(len(r.steps)), [f"step {s.step:g}" for s in r.steps])
+        ax.set_ylim(-0.7, len(r.steps) - 0.3)
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no candidate step evaluated", transform=ax.transAxes, ha="center")
+    base = "champion" if r.champion is not None and r.champion.policy == "champion" else "logging policy"
+    ax.set_xlabel(f"Δ conversion, candidate − {base} (pp; point, {100 * (1 - 2 * r.alpha):.0f}% interval)")
+    title = f"gate: {r.decision}"
+    if r.promoted_step is not None:
+        title += f" step {r.promoted_step:g}"
+    if r.reasons:
+        title += f" ({', '.join(r.reasons)[:70]})"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+
+    w = r.candidate_weights
+    if w is not None and w.log10_histogram is not None:
+        aw.stairs(list(w.log10_histogram), list(10.0**WEIGHT_LOG10_EDGES), fill=True, alpha=0.6, gid="weights")
+        aw.set_xscale("log")
+        aw.axvline(1.0, color="grey", lw=0.8)
+        step = "" if r.shown is None else f" of step {r.shown.step:g}"
+        aw.set_title(f"weights{step}: ESS/n {w.ess_fraction:.3f}, k̂ {w.pareto_k:.2f}, "
+                     f"max share {w.max_weight_share:.4f}", fontsize=9)  # fmt: skip
+        aw.set_xlabel("w = candidate / logged density (outer bins: beyond)")
+        aw.set_ylabel("searches")
+    else:
+        aw.axis("off")
+        aw.text(0.5, 0.5, "no weights in this report", transform=aw.transAxes, ha="center")
     fig.tight_layout()
+    return fig
+
+
+def plot_report(r: GateReport, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(r)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

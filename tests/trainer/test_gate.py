@@ -185,6 +185,21 @@ def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     assert dec.promote and dec.step in (0.25, 0.5), (steps, dec.reasons)
     assert steps[-1] > dec.step  # stopped at the first failing step
 
+    # The plot draws what decided: each step's lower bound against the margin, and the weights' distribution.
+    from trainer.evaluate import draw_report
+
+    r = dec.report
+    fig = draw_report(r)
+    gid = lambda name: fig.findobj(lambda a: a.get_gid() == name)  # noqa: E731
+    (margin,) = gid("margin")
+    assert margin.get_xdata()[0] == pytest.approx(100 * GateConfig().min_lift)
+    lcbs = [float(m.get_xdata()[0]) for m in gid("lcb")]
+    assert lcbs == pytest.approx([100 * s.difference.lcb for s in r.steps])
+    assert sum(lcb > 100 * r.margin for lcb in lcbs) == len([s for s in r.steps if s.step <= dec.step])
+    (weights,) = gid("weights")
+    assert r.candidate_weights is not None and r.candidate_weights.log10_histogram is not None
+    assert weights.get_data().values.sum() == r.evaluated_rows == sum(r.candidate_weights.log10_histogram)
+
 
 def test_bootstrapping_only_when_needed_decides_as_always(world: RankingWorld) -> None:
     """The bound is min(t, bootstrap): where t fails the bootstrap cannot promote, so skipping it changes nothing."""
