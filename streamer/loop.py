@@ -80,6 +80,7 @@ class Streamer:
         self._summary_at = time.monotonic()
         self._lag_labels: set[str] = set()
         self.newest_event_time = 0.0
+        self.buffer_rows = 0  # sealed rows in the buffer when last read (the gauge, and the summary line)
         self.progress: Any = None  # a tqdm bar (rankrl stream --progress): events read against events readable
         # Revocations so far, and each one's partitions: a batch polled before a revocation skips those.
         self._revocations = 0
@@ -297,8 +298,10 @@ class Streamer:
 
     def _refresh_gauges(self) -> None:
         m = self.writer.dir.read_manifest()
-        self.metrics.buffer_rows.set(sum(s["rows"] for s in m.segments))
-        self.metrics.buffer_bytes.set(sum(s["bytes"] for s in m.segments))
+        buffer = str(self.writer.dir.path.resolve())
+        self.buffer_rows = sum(s["rows"] for s in m.segments)
+        self.metrics.buffer_rows.labels(buffer=buffer).set(self.buffer_rows)
+        self.metrics.buffer_bytes.labels(buffer=buffer).set(sum(s["bytes"] for s in m.segments))
 
     def _refresh_lag(self) -> None:
         """Every second, seals or not: the lag of each partition owned now (a revoked one's series is removed,
@@ -322,5 +325,5 @@ class Streamer:
                 "buffer_rows=%d paused=%d broker_down=%s",
                 m.value("events_consumed_total"), m.value("events_appended_total"), m.value("duplicates_total"),
                 m.value("dlq_writes_total"), sum(lag.values()), self.writer.unsealed_rows,
-                m.value("buffer_rows"), m.value("paused"), self.broker_down,
+                self.buffer_rows, m.value("paused"), self.broker_down,
             )  # fmt: skip

@@ -26,8 +26,12 @@ class StreamerMetrics:
         )
         self.sealed = Counter(p + "segments_sealed", "Segments sealed durably", registry=registry)
         self.evicted = Counter(p + "segments_evicted", "Segments removed by retention", registry=registry)
-        self.buffer_rows = Gauge(p + "buffer_rows", "Rows in sealed segments", registry=registry)
-        self.buffer_bytes = Gauge(p + "buffer_bytes", "Bytes of sealed segments", registry=registry)
+        # Labelled by the buffer's path: streamers sharing a buffer report the same rows, which a dashboard counts
+        # once (max by buffer), not once per streamer.
+        self.buffer_rows = Gauge(p + "buffer_rows", "Rows in sealed segments of the buffer", ["buffer"],
+                                 registry=registry)  # fmt: skip
+        self.buffer_bytes = Gauge(p + "buffer_bytes", "Bytes of sealed segments of the buffer", ["buffer"],
+                                  registry=registry)  # fmt: skip
         self.unsealed_rows = Gauge(p + "unsealed_rows", "Rows in memory awaiting a seal", registry=registry)
         self.lag = Gauge(
             p + "consumer_lag", "Records behind the end of each partition owned (Kafka), refreshed every second",

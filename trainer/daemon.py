@@ -66,21 +66,7 @@ class Trainer:
         m.duration.observe(time.monotonic() - t0)
         m.cycles.labels(outcome="promoted" if r.promoted else "held").inc()
         m.last_success.set(time.time())
-        m.steps.inc(r.steps)
-        m.cumulative_steps.set(r.cumulative_steps)
-        for k, v in r.losses.items():
-            m.loss.labels(name=k).set(v)
-        for policy, evidence in (("candidate", r.report.candidate), ("champion", r.report.champion)):
-            if evidence is not None:
-                est = evidence.snips_conversion
-                m.estimate.labels(policy=policy, bound="value").set(est.value)
-                m.estimate.labels(policy=policy, bound="low").set(est.ci_low)
-                m.estimate.labels(policy=policy, bound="high").set(est.ci_high)
-        if r.report.difference is not None:
-            m.delta_lcb.set(r.report.difference.lcb)
-        m.rows.labels(split="train").set(r.train_rows)
-        m.rows.labels(split="holdout").set(r.holdout_rows)
-        m.rows.labels(split="dropped_non_finite").set(r.dropped_rows)
+        m.steps.inc(r.steps)  # the cycle's rows, losses and gate evidence: read from the registry (RegistryCollector)
         m.champion.info({"version": self.models.champion() or "none"})
         self.results.append(r)
         return r
