@@ -21,8 +21,6 @@ Everything lands in `dir` (replaced on each run); the children log to `dir/logs/
 
 from __future__ import annotations
 
-import heapq
-import http.client
 import json
 import logging
 import os
@@ -30,20 +28,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
-import orjson
 
 from common.exploration import DirichletExploration
-from common.schema import ACTION_KEYS
 from deploy.registry import ModelRegistry
 from rankrl.demo_options import DemoOptions
 from rankrl.demo_summary import buffer_rows, cycle_rows, format_summary, plot_summary, summarise
-from rankrl.sim import RankingWorld, event_states, served_outcomes, write_decision_logs
+from rankrl.sim import write_decision_logs
+from rankrl.sim.engine import SearchEngine, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -95,83 +89,8 @@ class Children:
         return codes
 
 
-class SearchEngine:
-    """The simulated search engine's middle tier, on the real path: it asks `rankrl serve` for each search's
-    weights over HTTP (/v1/rank/batch), ranks with them, and reports each outcome later (/v1/outcome, after a
-    random delay), as a search engine in any language would. The service logs both; the streamer joins them."""
-
-    def __init__(self, world: RankingWorld, url: str, seed: int, max_delay_s: float, batch: int = 20) -> None:
-        parts = urlsplit(url)
-        self.world = world
-        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
-        self.rng = np.random.default_rng(seed)
-        self.max_delay_s = max_delay_s
-        self.batch = batch
-        self.version = "-"
-        self.served = 0
-        self.reported = 0
-        self.due: list[tuple[float, int, bytes]] = []  # (report time, sequence, outcome body): a heap
-        self.latency_s: dict[str, list[float]] = {"rank_batch": [], "outcome": []}
-
-    def _post(self, endpoint: str, path: str, body: bytes) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
-        data = resp.read()
-        self.latency_s[endpoint].append(time.perf_counter() - t0)
-        if resp.status >= 300:
-            raise RuntimeError(f"rankrl serve answered {path} with {resp.status}: {data[:500]!r}")
-        return orjson.loads(data)
-
-    def serve(self, n: int) -> None:
-        """n searches now: weights from the service, the user's response drawn, each outcome queued for later."""
-        ctx = self.world.contexts(n, self.rng)
-        states = event_states(ctx)
-        results: list[dict[str, Any]] = []
-        for i in range(0, n, self.batch):
-            body = orjson.dumps({"requests": [{"state": st} for st in states[i : i + self.batch]]})
-            results += self._post("rank_batch", "/v1/rank/batch", body)["results"]
-        actions = np.array([[r["weights"][k] for k in ACTION_KEYS] for r in results])
-        now = time.time()
-        for r, (ranking, meta, outcomes) in zip(results, served_outcomes(self.world, ctx, actions, self.rng),
-                                                strict=True):  # fmt: skip
-            if outcomes["user_action"] != "none":  # nothing to report is the default reward
-                body = orjson.dumps({"log_id": r["log_id"], "ranking": ranking, "ranking_metadata": meta,
-                                     "outcomes": outcomes})  # fmt: skip
-                heapq.heappush(self.due, (now + float(self.rng.uniform(0, self.max_delay_s)), self.served, body))
-            self.served += 1
-        if results and results[-1]["policy_version"] != self.version:
-            self.version = results[-1]["policy_version"]
-            log.info("demo: the service now serves %s", self.version)
-
-    def report_due(self, until: float) -> None:
-        """Report every outcome whose delay has passed by `until`."""
-        while self.due and self.due[0][0] <= until:
-            _, _, body = heapq.heappop(self.due)
-            self._post("outcome", "/v1/outcome", body)
-            self.reported += 1
-
-    def latency(self) -> dict[str, dict[str, float]]:
-        return {
-            k: {"calls": len(v), "p50_ms": 1e3 * float(np.median(v)), "p99_ms": 1e3 * float(np.percentile(v, 99))}
-            for k, v in self.latency_s.items()
-            if v
-        }
-
-
 def _wait_ready(url: str, children: Children, timeout_s: float = 120.0) -> None:
-    deadline = time.time() + timeout_s
-    while True:
-        children.check()
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        if time.time() > deadline:
-            raise RuntimeError(f"rankrl serve was not ready at {url} within {timeout_s:.0f} s")
-        time.sleep(0.3)
+    wait_ready(url, timeout_s, check=children.check)
 
 
 def _progress(t0: float, engine: SearchEngine, opts: DemoOptions, registry: ModelRegistry) -> str:
@@ -272,10 +191,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
         try:
             while time.time() < deadline and not (opts.cycles and len(registry.versions()) >= opts.cycles):
                 tick = time.time()
-                engine.serve(max(1, int(opts.rate)))
-                while time.time() < tick + 1.0:  # outcomes fall due through the second
-                    engine.report_due(time.time())
-                    time.sleep(0.02)
+                engine.one_second(opts.rate)
                 children.check()
                 if tick - last_progress >= 10:
                     say(_progress(t0, engine, opts, registry))

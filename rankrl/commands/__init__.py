@@ -1,6 +1,6 @@
 """The `rankrl` subcommands, one module per group; `rankrl/cli.py` builds the parser from their `add_parsers`.
 
-    offline.py   simulate, fit, demo         files and the simulator
+    offline.py   simulate, traffic, fit, demo   files and the simulator
     daemons.py   stream, train               the long-lived daemons
     registry.py  models, status, promote, rollback   the operator's registry commands
     inspect.py   evaluate, config            read-only inspection

@@ -1,4 +1,5 @@
-"""Commands on files and the simulator: `simulate`, `fit` (the original train.py) and `demo` (the whole loop)."""
+"""Commands on files and the simulator: `simulate`, `traffic` (a simulated search engine against `rankrl serve`),
+`fit` (the original train.py) and `demo` (the whole loop)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-propensity", action="store_true", help="omit log_propensity from the events")
     add_progress_flag(s)
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser(
+        "traffic",
+        help="play a simulated search engine against rankrl serve: rank over HTTP, report outcomes later",
+        description="Simulated searches ranked through `rankrl serve` (POST /v1/rank/batch) and each user's response "
+        "reported 0 to --max-outcome-delay seconds later (POST /v1/outcome): live traffic for a deployment, e.g. "
+        "compose's traffic service. Waits for the service to be ready first.",
+    )
+    s.add_argument("--url", default="http://127.0.0.1:8080", help="rankrl serve's address (default %(default)s)")
+    s.add_argument("--rate", type=float, default=100.0, help="searches per second (default 100)")
+    s.add_argument("--minutes", type=float, default=10.0, help="how long; 0 for until interrupted (default 10)")
+    s.add_argument("--max-outcome-delay", type=float, default=5.0, help="seconds until an outcome is reported (5)")
+    s.add_argument("--seed", type=int, default=0, help="traffic seed (default 0)")
+    s.add_argument("--world-seed", type=int, default=7, help="seed of the world's hidden parameters (default 7)")
+    s.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the service (300)")
+    s.set_defaults(func=cmd_traffic)
 
     s = sub.add_parser("fit", help="the batch path of the original train.py: train once from a JSONL file")
     add_config_flags(s)
@@ -103,6 +120,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     dt = time.perf_counter() - t0
     log.info("simulated events=%d out=%s seconds=%.2f events_per_s=%.0f", n, args.out, dt, n / dt)
+    return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """Simulated search traffic through `rankrl serve`, outcomes reported later, for --minutes."""
+    from rankrl.sim import RankingWorld, WorldConfig
+    from rankrl.sim.engine import SearchEngine, run_traffic, wait_ready
+
+    url = args.url.rstrip("/")
+    engine = None
+    try:
+        wait_ready(url, args.ready_timeout)
+        engine = SearchEngine(RankingWorld(WorldConfig(), world_seed=args.world_seed), url, args.seed,
+                              args.max_outcome_delay)  # fmt: skip
+        log.info("traffic to %s at %g searches/s for %s", url, args.rate,
+                 f"{args.minutes:g} min" if args.minutes else "ever")  # fmt: skip
+        run_traffic(engine, args.rate, 60.0 * args.minutes)
+    except (RuntimeError, OSError) as e:
+        log.error("traffic stopped: %s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.info("traffic interrupted after searches=%d", engine.served if engine else 0)
     return 0
 
 

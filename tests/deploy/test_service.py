@@ -5,6 +5,7 @@ without a failed request."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -182,3 +183,20 @@ def test_a_new_champion_serves_without_a_restart_or_a_failed_request(tmp_path: P
         and 'rankrl_serve_policy_info{version="v0001"} 1.0' in metrics
     )
     assert len(lines(tmp_path / "decisions.jsonl")) == len(codes)
+
+
+def test_rankrl_traffic_ranks_through_serve_and_reports_every_outcome(tmp_path: Path) -> None:
+    """compose's traffic service: `rankrl traffic` ranks simulated searches through the service and reports each
+    user's response later; every reported outcome names a logged decision."""
+    with serving(tmp_path) as url:
+        r = subprocess.run(
+            [sys.executable, "-m", "rankrl", "traffic", "--url", url, "--rate", "40", "--minutes", "0.05",
+             "--max-outcome-delay", "0.5"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    decisions, outcomes = lines(tmp_path / "decisions.jsonl"), lines(tmp_path / "outcomes.jsonl")
+    assert len(decisions) >= 80 and decisions[0]["policy_version"] == "default"
+    assert outcomes and {o["log_id"] for o in outcomes} <= {d["log_id"] for d in decisions}
+    done = re.search(r"traffic done searches=(\d+) outcomes_reported=(\d+)", r.stderr)
+    assert done and int(done[1]) == len(decisions) and int(done[2]) == len(outcomes), r.stderr[-2000:]
