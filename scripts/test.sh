@@ -10,6 +10,7 @@ need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool + a real server for the scrape test
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)  # amtool check-config (compose's Alertmanager)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verify and security of the unit files
 command -v keytool >/dev/null || need_apt+=(openjdk-17-jre-headless)  # the test broker's TLS certificate
 if [ ${#need_apt[@]} -gt 0 ]; then
