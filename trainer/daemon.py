@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from common.buffer import BufferFormatError
 from common.config import RankrlConfig, describe
 from common.signals import install_stop_handlers
-from deploy.registry import ModelRegistry
+from deploy.registry import ModelRegistry, RegistryError
 from trainer.cycle import CycleInterrupted, CycleResult, run_cycle
 from trainer.data import NotEnoughData
 from trainer.metrics import RegistryCollector, TrainerMetrics
@@ -58,6 +58,10 @@ class Trainer:
         except (NotEnoughData, BufferFormatError) as e:
             m.cycles.labels(outcome="skipped").inc()
             log.warning("trainer cycle skipped: %s", e)
+            return None
+        except RegistryError as e:  # a damaged or tampered registry: the message names the file and the fix
+            m.cycles.labels(outcome="failed").inc()
+            log.error("trainer cycle failed: %s", e)
             return None
         except Exception:
             m.cycles.labels(outcome="failed").inc()

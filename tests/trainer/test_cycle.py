@@ -174,6 +174,33 @@ def test_two_cycles_cold_then_warm(buffer_dir: Path, tmp_path: Path) -> None:
     assert replicates and max(replicates) >= 2000, r.stderr[-2000:]
 
 
+def test_a_tampered_checkpoint_is_refused_before_it_is_unpickled(buffer_dir: Path, tmp_path: Path) -> None:
+    """Reported: a crafted model.d3 with its sha256 recomputed in the manifest ran code at the next warm start.
+    The trainer now refuses the version (the manifest differs from the one registered), with the cause and no
+    traceback, and the pickle never runs."""
+    import pickle
+
+    from deploy.registry import sha256_of
+
+    models = tmp_path / "models"
+    run_cycle(config(buffer_dir, models), ModelRegistry(models))
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (open, (str(marker), "w"))
+
+    (models / "v0001" / "model.d3").write_bytes(pickle.dumps(Evil()))
+    manifest = json.loads((models / "v0001" / "manifest.json").read_text())
+    manifest["files"]["model.d3"] = sha256_of(models / "v0001" / "model.d3")
+    (models / "v0001" / "manifest.json").write_text(json.dumps(manifest))
+    cmd = train_cmd(buffer_dir, models, "--once", "--set", "trainer.warm_start_from=latest")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "trainer cycle failed: model v0001: manifest.json was changed after registration" in r.stderr
+    assert "Traceback" not in r.stderr and not marker.exists()
+
+
 def test_sigkill_during_training_leaves_registry_consistent(buffer_dir: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     cfg = config(buffer_dir, models)
