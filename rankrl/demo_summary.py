@@ -179,7 +179,7 @@ def plot_summary(s: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(x)
     ax.set_ylabel("conversion rate (%)")
     ax.set_title("rankrl demo: conversion per cycle")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3)
 
     # What decided: Δ (the step shown: promoted, else the last tested) with its lower bound against the margin.
     margins = [c["margin"] for c in cyc if c.get("margin") is not None]
