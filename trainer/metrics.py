@@ -78,7 +78,7 @@ class RegistryCollector:
             mtime = (self.models.root / v / "manifest.json").stat().st_mtime
             if self._newest is None or self._newest[:2] != (v, mtime):
                 self._newest = (v, mtime, decision_metrics(self.models.manifest(v)))
-        except (OSError, ValueError, RegistryError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RegistryError) as e:  # a damaged manifest: scrape the rest
             log.warning("registry metrics: cannot read %s's manifest: %s", v, e)
             return []
         return self._newest[2]

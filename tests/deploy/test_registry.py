@@ -86,6 +86,27 @@ def test_a_history_line_that_is_not_a_record_is_skipped(tmp_path: Path) -> None:
     assert reg.rollback(reason="back")[1] == v1
 
 
+def test_metrics_scrape_the_registry_even_when_the_newest_report_is_unreadable(tmp_path: Path) -> None:
+    """The trainer's /metrics reads the newest version's report at scrape time; a report it cannot read (here a
+    damaged one) costs the gate's metrics, never the scrape."""
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from trainer.metrics import RegistryCollector
+
+    reg = ModelRegistry(tmp_path / "m")
+    v = make(reg, tmp_path)
+    manifest = json.loads((reg.root / v / "manifest.json").read_text())
+    manifest["report"]["steps"] = [{"step": 1.0}]  # a step without its evidence
+    (reg.root / v / "manifest.json").write_text(json.dumps(manifest))
+    scrape = CollectorRegistry()
+    scrape.register(RegistryCollector(reg.root))
+    text = generate_latest(scrape).decode()
+    assert 'rankrl_registry_events_total{action="register"} 1.0' in text and "rankrl_registry_versions 1.0" in text
+    assert "rankrl_gate_" not in text
+
+
 @pytest.mark.parametrize("garbage", [b"\x00\xff garbage", b"[]", b'{"version": 3}', b'{"version": "../x"}', b"{}"])
 def test_a_damaged_champion_pointer_is_a_clear_error_and_promote_force_repairs_it(
     tmp_path: Path, garbage: bytes
