@@ -36,8 +36,6 @@ class Trainer:
         self.stop_event = threading.Event()
         self.results: list[CycleResult] = []
         self.cycles_run = 0
-        champion = self.models.champion()
-        self.metrics.champion.info({"version": champion or "none"})
         # The last cycle that registered a version, from the registry: a restarted trainer must not read as one
         # that never succeeded (the "no successful cycle" alert paged after every restart).
         registered = [h["time"] for h in self.models.history() if h.get("action") == "register" and "time" in h]
@@ -71,7 +69,6 @@ class Trainer:
         m.cycles.labels(outcome="promoted" if r.promoted else "held").inc()
         m.last_success.set(time.time())
         m.steps.inc(r.steps)  # the cycle's rows, losses and gate evidence: read from the registry (RegistryCollector)
-        m.champion.info({"version": self.models.champion() or "none"})
         self.results.append(r)
         return r
 

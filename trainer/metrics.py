@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from deploy.registry import ModelRegistry, RegistryError, report_of
 
@@ -37,12 +37,11 @@ class TrainerMetrics:
             registry=registry,
         )
         self.steps = Counter(p + "gradient_steps", "Gradient steps taken", registry=registry)
-        self.champion = Info(p + "champion", "The champion model version", registry=registry)
 
 
 class RegistryCollector:
-    """Registry state read at scrape time: history entries by action (rollbacks page someone), versions, the last
-    champion change, and the newest registered version's cycle and gate decision (`decision_metrics`)."""
+    """Registry state read at scrape time: history entries by action (rollbacks page someone), versions, the
+    champion and when it last changed, and the newest version's cycle and gate decision (`decision_metrics`)."""
 
     ACTIONS = ("register", "promote", "reject", "rollback", "pin", "unpin")
 
@@ -67,6 +66,13 @@ class RegistryCollector:
             "When the champion last changed (promotion or rollback), from the history; 0 before the first",
             value=float(changes[-1]) if changes else 0.0,
         )
+        # read here, not set by the trainer: a promote or rollback by an operator shows at the next scrape
+        try:
+            champion = self.models.champion() or "none"
+        except RegistryError as e:  # a damaged pointer: say so instead of failing the scrape
+            log.warning("registry metrics: %s", e)
+            champion = "unreadable"
+        yield InfoMetricFamily("rankrl_trainer_champion", "The champion model version", value={"version": champion})
         yield from self._decision(versions)
 
     def _decision(self, versions: list[str]) -> list[Metric]:

@@ -107,6 +107,30 @@ def test_metrics_scrape_the_registry_even_when_the_newest_report_is_unreadable(t
     assert "rankrl_gate_" not in text
 
 
+def test_metrics_show_the_champion_an_operator_chose_at_the_next_scrape(tmp_path: Path) -> None:
+    """The champion info used to be set by the trainer only at start and after its cycles: a `rankrl promote` or
+    `rollback` in between left the dashboard naming the old champion until the next cycle."""
+    from prometheus_client import CollectorRegistry
+
+    from trainer.metrics import RegistryCollector
+
+    reg = ModelRegistry(tmp_path / "m")
+    a, b = make(reg, tmp_path), make(reg, tmp_path)
+    scrape = CollectorRegistry()
+    scrape.register(RegistryCollector(reg.root))
+    champion = lambda: next(  # noqa: E731
+        s.labels["version"] for f in scrape.collect() for s in f.samples if s.name == "rankrl_trainer_champion_info"
+    )
+    assert champion() == "none"
+    reg.promote(a, reason="first")
+    reg.promote(b, reason="second")
+    assert champion() == b
+    reg.rollback(reason="b misbehaves")
+    assert champion() == a
+    reg.champion_path.write_bytes(b"\x00 garbage")
+    assert champion() == "unreadable"  # and the scrape still answers
+
+
 @pytest.mark.parametrize("garbage", [b"\x00\xff garbage", b"[]", b'{"version": 3}', b'{"version": "../x"}', b"{}"])
 def test_a_damaged_champion_pointer_is_a_clear_error_and_promote_force_repairs_it(
     tmp_path: Path, garbage: bytes
