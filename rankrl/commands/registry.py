@@ -70,7 +70,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     champion = reg.champion()
-    rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
     records = []
     for v in reg.versions():
         m = reg.manifest(v)
@@ -84,21 +83,18 @@ def cmd_models(args: argparse.Namespace) -> int:
             "decision": None if r is None else r.decision, "reasons": [] if r is None else list(r.reasons),
             "status": status or None,
         })  # fmt: skip
-        rows.append(
-            (
-                v,
-                m.get("parent") or "-",
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created"])),
-                str(m.get("cumulative_steps", "-")),
-                _fmt(None if r is None or r.candidate is None else r.candidate.snips_conversion.value),
-                _fmt(None if r is None or r.difference is None else r.difference.lcb, "+.5f"),
-                "-" if r is None else r.decision + ("" if not r.reasons else ":" + ",".join(r.reasons)[:40]),
-                status,
-            )
-        )
     if args.json:
         print(json.dumps({"registry": str(reg.root), "champion": champion, "versions": records}))
         return 0
+    rows = [("version", "parent", "created", "steps", "cand. conv", "LCB Δ", "gate", "status")]
+    for d in records:
+        reasons = ":" + ",".join(d["reasons"])[:40] if d["reasons"] else ""
+        gate = "-" if d["decision"] is None else d["decision"] + reasons
+        rows.append((
+            d["version"], d["parent"] or "-", time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"])),
+            str(d["cumulative_steps"] if d["cumulative_steps"] is not None else "-"),
+            _fmt(d["candidate_conversion"]), _fmt(d["lcb"], "+.5f"), gate, d["status"] or "",
+        ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -79,13 +79,13 @@ class FileSource:
     def _key(self, f: Path, fd: int, st: os.stat_result) -> str:
         """The file's partition key, a new generation when it is not the file whose positions are stored."""
         base = self.key_of(f)
-        key, before = self._keys.get(f), self._idents.get(f)
+        key, before = self._keys.get(f, base), self._idents.get(f)
         if before is None:  # first look in this process: what the manifest says
             stored = self._identities.source_identity(base) if self._identities else None
             key, before = (stored["key"], stored) if stored else (base, None)
-        pos = self._pos.get(str(key), 0)
+        pos = self._pos.get(key, 0)
         if before is not None and (st.st_size < pos or not self._same(fd, before, st)):
-            gen = int(str(key).rpartition("#")[2]) + 1 if "#" in str(key) else 1
+            gen = int(key.rpartition("#")[2]) + 1 if "#" in key else 1
             log.warning("file source %s was replaced, truncated or rewritten (read to byte %d, now %d bytes): "
                         "reading the new file from its start as generation %d", f, pos, st.st_size, gen)  # fmt: skip
             key, before = f"{base}#{gen}", None
@@ -94,8 +94,8 @@ class FileSource:
             if self._identities is not None:
                 self._identities.record_source_identity(base, ident)
             before = ident
-        self._keys[f], self._idents[f] = str(key), before
-        return str(key)
+        self._keys[f], self._idents[f] = key, before
+        return key
 
     def poll(self, timeout_s: float) -> list[Record]:
         if self._paused:
