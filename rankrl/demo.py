@@ -89,10 +89,6 @@ class Children:
         return codes
 
 
-def _wait_ready(url: str, children: Children, timeout_s: float = 120.0) -> None:
-    wait_ready(url, timeout_s, check=children.check)
-
-
 def _progress(t0: float, engine: SearchEngine, opts: DemoOptions, registry: ModelRegistry) -> str:
     cycles = cycle_rows(registry)
     last = cycles[-1] if cycles else None
@@ -169,7 +165,7 @@ def run_demo(opts: DemoOptions, out: Any = sys.stdout) -> dict[str, Any]:
                 "--set", "serve.default_weights=" + ",".join(f"{w:.6f}" for w in fixed),
             ],
         )  # fmt: skip
-        _wait_ready(url, children)
+        wait_ready(url, check=children.check)  # a child that died is reported at once
         say(
             f"== 2/3 live traffic at {opts.rate:g} searches/s through rankrl serve ({url}), outcomes reported up to "
             f"{opts.max_outcome_delay_s:g} s later and joined within {opts.join_window_s:g} s; trainer every "
