@@ -10,8 +10,9 @@
 # Listeners: PLAINTEXT (tests), SASL_PLAINTEXT with SCRAM-SHA-256/512 users (security tests), SSL with a
 # self-signed certificate for the name kafka.rankrl.test only (TLS failure tests: its PEM is $KAFKA_RUN_DIR/tls/ca.pem),
 # CONTROLLER. Ports are free ones picked at start unless KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_SSL_PORT /
-# KAFKA_CTRL_PORT are set. `start` prints KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=...,
-# KAFKA_SSL_BOOTSTRAP_SERVERS=..., KAFKA_SSL_CAFILE=... and writes them to $KAFKA_RUN_DIR/env.
+# KAFKA_CTRL_PORT are set; the cluster id is a fresh one unless KAFKA_CLUSTER_ID is set. `start` prints
+# KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=..., KAFKA_SSL_BOOTSTRAP_SERVERS=..., KAFKA_SSL_CAFILE=...
+# and writes them to $KAFKA_RUN_DIR/env.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -110,9 +111,15 @@ start() {
   local t0 cluster_id jvm=(java -Djava.awt.headless=true -Dlog4j2.configurationFile="$HERE/log4j2.properties"
                           -Dkafka.logs.dir="$KAFKA_RUN_DIR/logs")
   t0=$(date +%s.%N)
-  # Cluster id: 22-char base64url of 16 random bytes (a hyphenated uuid is rejected).
-  cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-  "${jvm[@]}" -cp "$KAFKA_LIB_DIR/*" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+  # Cluster id: 22-char base64url of 16 random bytes (a hyphenated uuid is rejected). One in 32 such ids starts
+  # with '-', which Kafka's own generator never makes (Uuid.randomUuid) and which `-t ID` would read as an option:
+  # generate like Kafka does, and pass it as --cluster-id=ID so that an id given in KAFKA_CLUSTER_ID is safe too.
+  cluster_id="${KAFKA_CLUSTER_ID:-$(python3 -c '
+import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(i)')}"
+  "${jvm[@]}" -cp "$KAFKA_LIB_DIR/*" kafka.tools.StorageTool format --standalone --cluster-id="$cluster_id" \
     -c "$KAFKA_RUN_DIR/server.properties" \
     --add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" > "$KAFKA_RUN_DIR/logs/format.log" 2>&1 \
