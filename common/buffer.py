@@ -225,6 +225,9 @@ class ReplayWindow:
 
     parts: list[tuple[dict[str, np.ndarray], np.ndarray | None]]  # (columns, row mask or None for all)
     segments: list[str]
+    # The source positions of the manifest that listed these segments: what the rows were read up to (a segment
+    # sealed after the load is behind newer positions, not these).
+    positions: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -288,7 +291,7 @@ class ReplayBuffer:
                     mask &= t < end
             parts.append((cols, mask))
             names.append(s["name"])
-        return ReplayWindow(parts=parts, segments=names)
+        return ReplayWindow(parts=parts, segments=names, positions=dict(m.positions))
 
     def stats(self) -> dict[str, Any]:
         m = self.dir.read_manifest()

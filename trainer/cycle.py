@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.buffer import open_buffer
 from common.config import RankrlConfig
 from common.exploration import weights_from_actions
 from common.gate_report import GateReport
@@ -274,8 +275,8 @@ def run_cycle(
         mark = now
 
     tc = cfg.trainer
+    skip_if_nothing_new(cfg, registry, open_buffer(cfg.paths.buffer_dir).manifest().positions)  # before loading
     data = load_cycle_data(cfg)
-    skip_if_nothing_new(cfg, registry, data.buffer.manifest().positions)
     lap("load")
     device = resolve_device(tc.device)
     algo, parent, steps_before = start_learner(cfg, registry, data.train, device)
@@ -302,7 +303,7 @@ def run_cycle(
             "holdout_start": float(times[hold].min()) if len(hold) else None,
             "dropped_non_finite_rows": data.dropped_rows,
         },
-        "offsets": data.buffer.manifest().positions,
+        "offsets": data.window.positions,  # of the rows loaded, not of a segment sealed since
         "config": {"model": cfg.model.__dict__, "exploration": cfg.exploration.__dict__, "trainer": tc.__dict__},
         "exploration": {"family": "dirichlet", "kappa": cfg.exploration.kappa, "min_alpha": cfg.exploration.min_alpha},
         "device": device,

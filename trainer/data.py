@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from d3rlpy.dataset import TransitionMiniBatch
 
-from common.buffer import ReplayBuffer, ReplayWindow, open_buffer
+from common.buffer import ReplayWindow, open_buffer
 from common.config import RankrlConfig
 from common.ope import DirichletBehaviourModel
 from trainer.gate import EvaluationData
@@ -142,7 +142,6 @@ def evaluation_data(window: ReplayWindow, rows: np.ndarray) -> EvaluationData:
 class CycleData:
     """The window a cycle works on: training rows (older) and holdout rows (the newest slice)."""
 
-    buffer: ReplayBuffer
     window: ReplayWindow
     times: np.ndarray
     train_idx: np.ndarray
@@ -169,4 +168,4 @@ def load_cycle_data(cfg: RankrlConfig) -> CycleData:
     if len(train_idx) < tc.min_train_rows:
         raise NotEnoughData(f"{len(train_idx)} training rows in the window (need {tc.min_train_rows})")
     train = TrainingArrays.from_window(window, train_idx)
-    return CycleData(buffer, window, times, train_idx, hold_idx, train, dropped)
+    return CycleData(window, times, train_idx, hold_idx, train, dropped)

@@ -404,3 +404,33 @@ def test_a_cycle_with_nothing_new_registers_no_copy(buffer_dir: Path, tmp_path: 
     with pytest.raises(NotEnoughData, match="no new data since v0002"):
         run_cycle(cfg, reg)  # from the champion again, on the same rows: v0002 once more
     assert reg.versions() == ["v0001", "v0002"]
+
+
+def test_rows_sealed_during_a_cycle_are_trained_on_by_the_next(buffer_dir: Path, tmp_path: Path) -> None:
+    """A cycle records the buffer positions of the rows it loaded, not those of a segment the streamer sealed while
+    it trained: otherwise the next cycle saw "no new data" and those rows were never learned from."""
+    import shutil
+
+    import trainer.cycle
+
+    buf = tmp_path / "buffer"
+    shutil.copytree(buffer_dir, buf)
+    cfg = config(buf, tmp_path / "models", trainer={"steps_per_cycle": 20})
+    reg = ModelRegistry(tmp_path / "models")
+    real_train_steps = trainer.cycle.train_steps
+
+    def train_while_the_streamer_seals(*args, **kwargs):  # type: ignore[no-untyped-def]
+        w = BufferWriter(buf)
+        for _, _, _, events in simulate(RankingWorld(), 500, seed=12, batch=500):
+            for k, e in enumerate(events):
+                ev = parse_event(orjson.dumps(e))
+                w.append("file:sim", 6000 + k, 6001 + k, ev, reward=1.0 if ev.converted else 0.0)
+        w.seal()
+        return real_train_steps(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer.cycle, "train_steps", train_while_the_streamer_seals)
+        first = run_cycle(cfg, reg)
+    assert reg.manifest(first.version)["offsets"] == {"file:sim": 6000}  # what it loaded
+    second = run_cycle(cfg, reg)  # the 500 rows sealed meanwhile are new to it
+    assert reg.manifest(second.version)["offsets"] == {"file:sim": 6500}
