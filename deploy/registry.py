@@ -43,6 +43,7 @@ from common.gate_report import GateReport
 log = logging.getLogger(__name__)
 VERSION_NAME = re.compile(r"v[0-9]{4,}")  # what register() names versions: no separators, no "..", no paths
 REQUIRED_FILES = ("model.d3", "policy.pt", "policy.onnx", "exploration.json")
+PIN_MARKER = "PINNED"  # an empty file in a version folder: retention keeps the version
 
 
 class RegistryError(RuntimeError):
@@ -143,7 +144,7 @@ class ModelRegistry:
             raise ChecksumMismatch(f"model {version}: the manifest lists no checksum for {', '.join(missing)}")
         unlisted = sorted(
             p.name for p in (self.root / version).iterdir()
-            if p.name not in m["files"] and p.name not in ("manifest.json", "PINNED")
+            if p.name not in m["files"] and p.name not in ("manifest.json", PIN_MARKER)
         )  # fmt: skip
         if unlisted:
             raise ChecksumMismatch(f"model {version}: files not in its manifest: {', '.join(unlisted)}")
@@ -314,7 +315,7 @@ class ModelRegistry:
         """Keep a version through retention (or stop keeping it), recorded in the history."""
         with self.locked():
             self.manifest(version)
-            marker = self.root / version / "PINNED"
+            marker = self.root / version / PIN_MARKER
             if pinned:
                 marker.touch()
             else:
@@ -322,6 +323,9 @@ class ModelRegistry:
             self._append_history(
                 {"action": "pin" if pinned else "unpin", "version": version, "who": who or whoami(), "reason": reason}
             )
+
+    def pinned(self, version: str) -> bool:
+        return (self.root / version / PIN_MARKER).exists()
 
     def rollback_targets(self) -> set[str]:
         """Every version that has been champion: what `rollback` (and `rollback --to`) can reach."""
@@ -340,7 +344,7 @@ class ModelRegistry:
             versions = self.versions()
             keep = set(versions[len(versions) - keep_last :]) | {self.champion()}  # [-0:] would keep all
             keep |= self.rollback_targets()
-            doomed = [v for v in versions if v not in keep and not (self.root / v / "PINNED").exists()]
+            doomed = [v for v in versions if v not in keep and not self.pinned(v)]
             for v in doomed:
                 shutil.rmtree(self.root / v)
             for p in self.root.glob(".tmp-*"):  # a register that crashed half way

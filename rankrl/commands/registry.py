@@ -74,7 +74,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for v in reg.versions():
         m = reg.manifest(v)
         r = report_of(m)
-        status = "champion" if v == champion else ("pinned" if (reg.root / v / "PINNED").exists() else "")
+        status = "champion" if v == champion else ("pinned" if reg.pinned(v) else "")
         records.append({
             "version": v, "parent": m.get("parent"), "created": m["created"],
             "cumulative_steps": m.get("cumulative_steps"),
