@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class SearchEngine:
-    """The simulated search engine's middle tier, on the real path: it asks `rankrl serve` for each search's
-    weights over HTTP (/v1/rank/batch), ranks with them, and reports each outcome later (/v1/outcome, after a
-    random delay), as a search engine in any language would. The service logs both; the streamer joins them."""
+    """The search engine's middle tier (see the module's docstring), over one keep-alive HTTP connection."""
 
     def __init__(self, world: RankingWorld, url: str, seed: int, max_delay_s: float, batch: int = 20) -> None:
         parts = urlsplit(url)
