@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,35 +69,28 @@ def _start_jar_broker(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     return env, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
 
 
-def _jar_broker(vals: dict[str, str]) -> KafkaBroker:
+def _broker_from(vals: Mapping[str, str], origin: str) -> KafkaBroker:
+    """A broker from the variables `broker.sh start` prints, which are also the environment's override names."""
     return KafkaBroker(
         bootstrap=vals["KAFKA_BOOTSTRAP_SERVERS"],
-        sasl_bootstrap=vals["KAFKA_SASL_BOOTSTRAP_SERVERS"],
-        scram_user=vals["KAFKA_SCRAM_USER"],
-        scram_password=vals["KAFKA_SCRAM_PASSWORD"],
-        ssl_bootstrap=vals["KAFKA_SSL_BOOTSTRAP_SERVERS"],
-        ssl_cafile=vals["KAFKA_SSL_CAFILE"],
-        origin="jar broker",
+        sasl_bootstrap=vals.get("KAFKA_SASL_BOOTSTRAP_SERVERS"),
+        scram_user=vals.get("KAFKA_SCRAM_USER"),
+        scram_password=vals.get("KAFKA_SCRAM_PASSWORD"),
+        ssl_bootstrap=vals.get("KAFKA_SSL_BOOTSTRAP_SERVERS"),
+        ssl_cafile=vals.get("KAFKA_SSL_CAFILE"),
+        origin=origin,
     )
 
 
 @contextmanager
 def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
-    env_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env_bootstrap:
-        yield KafkaBroker(
-            bootstrap=env_bootstrap,
-            sasl_bootstrap=os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS"),
-            scram_user=os.environ.get("KAFKA_SCRAM_USER"),
-            scram_password=os.environ.get("KAFKA_SCRAM_PASSWORD"),
-            ssl_bootstrap=os.environ.get("KAFKA_SSL_BOOTSTRAP_SERVERS"),
-            ssl_cafile=os.environ.get("KAFKA_SSL_CAFILE"),
-        )
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield _broker_from(os.environ, "environment")
         return
     if _jars() is not None:
         env, vals = _start_jar_broker(run_dir)
         try:
-            yield _jar_broker(vals)
+            yield _broker_from(vals, "jar broker")
         finally:
             subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)
         return
@@ -133,6 +126,6 @@ def killable_broker(run_dir: Path) -> Iterator[KillableBroker]:
         raise RuntimeError("a broker to kill needs the jar broker: run `ci/kafka/broker.sh fetch` (Java 17, Maven)")
     env, vals = _start_jar_broker(run_dir)
     try:
-        yield KillableBroker(_jar_broker(vals), env)
+        yield KillableBroker(_broker_from(vals, "jar broker"), env)
     finally:
         subprocess.run([str(BROKER_SH), "stop"], env=env, capture_output=True, check=False)
