@@ -1,4 +1,5 @@
-"""The deployment files through their own validators: systemd-analyze verify and security (offline)."""
+"""The deployment files through their own validators: systemd-analyze verify and security (offline), the Compose
+specification's schema and rankrl's own parser, promtool and amtool, hadolint."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-UNITS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "systemd").glob("*.service"))
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
@@ -30,8 +33,6 @@ def test_systemd_units_verify_and_expose_at_most_2(unit: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- compose
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 COMPOSE_GO = "github.com/compose-spec/compose-go/v2@v2.16.2"  # the schema docker compose itself validates with
 
 
