@@ -250,7 +250,12 @@ def test_tampering_with_a_manifest_is_refused(tmp_path: Path) -> None:
     m = json.loads((reg.root / w / "manifest.json").read_bytes())
     del m["files"]["policy.pt"]
     (reg.root / w / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ChecksumMismatch):
+    with pytest.raises(ChecksumMismatch, match=r"manifest\.json was changed after registration"):
+        reg.verify(w)
+    # a version registered before manifests were checksummed: every required file must still be listed
+    legacy = [{k: v for k, v in h.items() if k != "manifest_sha256"} for h in reg.history()]
+    reg.history_path.write_text("".join(json.dumps(h) + "\n" for h in legacy))
+    with pytest.raises(ChecksumMismatch, match=r"lists no checksum for policy\.pt"):
         reg.verify(w)
     x = make(reg, tmp_path)
     (reg.root / x / "extra.py").write_text("import os")
