@@ -270,6 +270,14 @@ class JoinConfig:
     # How far event time may run out of order (several serving hosts, a slow partition): windows close this much
     # later, and an outcome waits this long for a decision it has not seen.
     lateness_s: float = 30.0
+    # Outcomes whose decision has not been read yet are held (each waits join.lateness_s of event time); past this
+    # many, the oldest is dead-lettered unknown_decision at once, so a flood of unknown ids cannot grow memory.
+    max_waiting_outcomes: int = 100_000
+    # Plausibility limits, applied by `rankrl serve` (a 400, reason implausible) and by the join (a dead letter) to
+    # each report and to a search's merged outcome: they bound how much one search can weigh in the reward.
+    max_purchase_value: float = 100_000.0
+    max_purchased_ranks: int = 20
+    max_interacted_ranks: int = 100
 
     @property
     def enabled(self) -> bool:
@@ -287,6 +295,10 @@ class JoinConfig:
                 _check(len(servers) == 1, "join", "decisions and outcomes must be on the same Kafka servers")
         _check(self.window_s > 0, "join.window_s", "must be > 0")
         _check(self.lateness_s >= 0, "join.lateness_s", "must be >= 0")
+        _check(self.max_waiting_outcomes >= 1, "join.max_waiting_outcomes", "must be >= 1")
+        _check(0 < self.max_purchase_value <= 1e9, "join.max_purchase_value", "must be in (0, 1e9]")
+        _check(self.max_purchased_ranks >= 1, "join.max_purchased_ranks", "must be >= 1")
+        _check(self.max_interacted_ranks >= 1, "join.max_interacted_ranks", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -306,6 +318,19 @@ class ServeConfig:
     log_timeout_s: float = 5.0  # a record not durable within this fails its request with 503
     reload_interval_s: float = 1.0  # how often the champion pointer is checked (a new one serves without restart)
     metrics_path: str = "/metrics"
+    # Bearer tokens, one per line: `SCOPES TOKEN` with SCOPES `rank`, `outcome` or `rank,outcome` (# comments).
+    # Empty: no authentication, allowed only on a loopback host (a test or one machine); see docs/security.md.
+    tokens_file: str = ""
+    # How far ahead of this host's clock an outcome's created_at may be (400 beyond it); decisions get serve's time.
+    max_clock_skew_s: float = 60.0
+    # A repeated rank of one log_id returns the first answer (same request) or 409 (another request): this many
+    # answered log_ids are remembered, each for join.window_s + join.lateness_s.
+    idempotency_entries: int = 100_000
+    max_body_bytes: int = 16 << 20  # a request body larger than this is refused (413) while it is read
+    max_header_bytes: int = 64 << 10  # request line and headers
+    read_timeout_s: float = 10.0  # a client that does not send its whole request within this is cut off (408)
+    max_connections: int = 1000  # beyond this many concurrent connections, new ones get 503
+    keepalive_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "serve.port", "must be in 0..65535 (0 picks a free port)")
@@ -321,6 +346,13 @@ class ServeConfig:
         )
         _check(self.log_timeout_s > 0, "serve.log_timeout_s", "must be > 0")
         _check(self.reload_interval_s > 0, "serve.reload_interval_s", "must be > 0")
+        _check(0 <= self.max_clock_skew_s <= 3600, "serve.max_clock_skew_s", "must be in [0, 3600]")
+        _check(self.idempotency_entries >= 0, "serve.idempotency_entries", "must be >= 0")
+        _check(self.max_body_bytes >= 1024, "serve.max_body_bytes", "must be >= 1024")
+        _check(self.max_header_bytes >= 1024, "serve.max_header_bytes", "must be >= 1024")
+        _check(self.read_timeout_s > 0, "serve.read_timeout_s", "must be > 0")
+        _check(self.max_connections >= 1, "serve.max_connections", "must be >= 1")
+        _check(self.keepalive_timeout_s > 0, "serve.keepalive_timeout_s", "must be > 0")
 
 
 def resolve_secret(env_name: str, file: str = "", environ: Mapping[str, str] | None = None) -> str | None:
@@ -347,6 +379,18 @@ class RankrlConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     join: JoinConfig = field(default_factory=JoinConfig)
+
+    def limits(self) -> Any:
+        """The record limits serve and the join share (common.decisions.Limits)."""
+        from common.decisions import Limits
+
+        j = self.join
+        return Limits(
+            max_record_bytes=self.streamer.max_record_bytes,
+            max_purchase_value=j.max_purchase_value,
+            max_purchased_ranks=j.max_purchased_ranks,
+            max_interacted_ranks=j.max_interacted_ranks,
+        )
 
     def __post_init__(self) -> None:
         if self.join.enabled:

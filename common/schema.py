@@ -72,6 +72,9 @@ REASONS: tuple[str, ...] = (
     "empty_record",  # a Kafka record without a value (a tombstone)
     "late_outcome",  # the outcome join: an outcome for a decision whose attribution window had closed
     "unknown_decision",  # the outcome join: an outcome whose decision never arrived
+    "duplicate_decision",  # the outcome join: a second, different decision for a log_id already decided
+    "implausible",  # an outcome beyond the plausibility limits (join.max_purchase_value, ...)
+    "join_failed",  # the outcome join could not build an event from a decision (never expected; kept, not raised)
 )
 
 # Limits of what a stored row may hold. Every number that reaches a float32 buffer column is bounded here, so a
@@ -108,11 +111,14 @@ class CandidateFeatures(msgspec.Struct, gc=False):
     price_max: Amount | None = None
 
 
+Flag = bool | Annotated[int, msgspec.Meta(ge=0, le=1)]  # true/false, or 1/0 as some loggers write it
+
+
 class SessionFeatures(msgspec.Struct, gc=False):
     query_length: Amount
-    query_has_brand: bool | int
+    query_has_brand: Flag
     previous_searches_count: Amount
-    query_has_price_terms: bool | int = False
+    query_has_price_terms: Flag = False
 
 
 class State(msgspec.Struct, gc=False):

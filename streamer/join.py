@@ -29,6 +29,23 @@ dead letters already written are suppressed by the dead-letter sink. Nothing is 
 outcome read after its window had closed by the watermark but inside it by event time, dead-lettered in the
 seconds before a SIGKILL and not yet flushed, is then taken as joined: its dead letter is the one thing at risk.)
 
+WHAT CLIENTS CANNOT MOVE. Event times come from clients; the join bounds them by its own clock: a time ahead of
+the clock counts as now, both for the watermark and for attribution, so one future-dated record (a search engine
+whose clock runs ahead, or a hostile one) can neither close the open windows early nor extend a window. Waiting
+outcomes are bounded in number (`max_waiting`, the oldest dead-lettered first) and each waits at most
+`lateness_s` past the clock, so unknown ids neither grow memory nor hold a partition's stored position back long.
+
+ONE LOG_ID, ONE DECISION. A decision delivered twice (the same weights and density) counts once. Another decision
+for a log_id already decided (two serve instances, a client that reuses ids) is dead-lettered
+`duplicate_decision`; it is held beside the first until that one closes, so if the first is retracted, the second
+(an acknowledged retry) is the one stored.
+
+RETRACTIONS (common/decisions.py). A retraction removes the decision or the outcome it names from the join; the
+outcomes of a retracted decision wait for a retried decision of the same log_id (else they end as
+`unknown_decision`). A retraction that comes after its decision's window closed is counted (`too_late`) and logged.
+
+THE JOIN NEVER RAISES on a record: whatever cannot become an event is a dead letter with its reason.
+
 Kafka: one consumer reads both topics. Keyed by log_id with the same partition count, a search's decision and
 outcomes share a partition number, and the range assignor gives partition i of both topics to one member.
 """
@@ -43,7 +60,18 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from common.decisions import Decision, Outcome, joined_event, merge_outcomes, parse_decision, parse_outcome
+from common.decisions import (
+    DEFAULT_LIMITS,
+    Decision,
+    Limits,
+    Outcome,
+    Retraction,
+    joined_event,
+    merge_all,
+    parse_decision,
+    parse_outcome,
+    parse_retraction,
+)
 from common.schema import InvalidEvent, _timestamp
 from streamer.metrics import StreamerMetrics
 from streamer.sources.base import Record, Source
@@ -60,8 +88,12 @@ class _Open:
     decision: Decision
     record: Record
     start: float  # event time of the decision
-    outcome: Outcome | None = None
-    outcome_records: list[Record] = field(default_factory=list)
+    outcomes: list[tuple[Outcome, Record]] = field(default_factory=list)
+    shadows: list[tuple[Decision, Record]] = field(default_factory=list)  # other decisions for this log_id
+
+    @property
+    def outcome_records(self) -> list[Record]:
+        return [r for _, r in self.outcomes]
 
 
 @dataclass
@@ -89,6 +121,8 @@ class JoinSource:
         stored: Callable[[str], float | None] = lambda log_id: None,
         metrics: StreamerMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        limits: Limits = DEFAULT_LIMITS,
+        max_waiting: int = 100_000,
     ) -> None:
         self.inner = inner
         self.is_decision = is_decision
@@ -98,11 +132,15 @@ class JoinSource:
         self.stored = stored  # event time of a search the buffer already holds (re-read after a restart), or None
         self.clock = clock
         self.metrics = metrics
+        self.limits = limits
+        self.max_waiting = max_waiting
         self._lock = threading.Lock()  # a Kafka rebalance drops partitions from the consumer's own callback
         self._open: dict[str, _Open] = {}
         self._waiting: dict[str, list[_Waiting]] = {}
-        # log_id -> window end, kept one more window after it closes, to tell a late outcome from an unknown one
-        self._closed: dict[str, float] = {}
+        # log_id -> (window end, log_propensity), kept one more window after it closes, to tell a late outcome from
+        # an unknown one and a redelivered decision from a second one
+        self._closed: dict[str, tuple[float, float]] = {}
+        self._n_waiting = 0
         # partition key (decisions and outcomes) -> (newest event time seen there, wall-clock time of its last read)
         self._newest: dict[str, tuple[float, float]] = {}
         self._next: dict[str, int] = {}  # key -> position after the last record read
@@ -110,6 +148,8 @@ class JoinSource:
         self.emitted = 0
         self.reread = 0  # records read again after a restart that belong to events already stored
         self.defaulted = 0  # emitted with the default outcome "none"
+        self.retracted = {"applied": 0, "too_late": 0}  # retractions by what they found
+        self.duplicates = 0  # decisions delivered twice (counted once)
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -118,7 +158,7 @@ class JoinSource:
 
     @property
     def waiting_outcomes(self) -> int:
-        return sum(len(v) for v in self._waiting.values())
+        return self._n_waiting
 
     def positions(self) -> dict[str, int]:
         """Per partition: the offset of the oldest record still held, else the position after the last read."""
@@ -127,6 +167,7 @@ class JoinSource:
         for o in self._open.values():
             held.append(o.record)
             held.extend(o.outcome_records)
+            held.extend(r for _, r in o.shadows)
         for ws in self._waiting.values():
             held.extend(w.record for w in ws)
         for r in held:
@@ -139,58 +180,94 @@ class JoinSource:
         with self._lock:
             for lid in [lid for lid, o in self._open.items() if o.record.key in keys]:
                 del self._open[lid]
-            for o in self._open.values():
-                if any(r.key in keys for r in o.outcome_records):  # re-read by the next owner; merge again there
-                    o.outcome_records = [r for r in o.outcome_records if r.key not in keys]
+            for o in self._open.values():  # re-read by the next owner; merged again there
+                o.outcomes = [(out, r) for out, r in o.outcomes if r.key not in keys]
+                o.shadows = [(d, r) for d, r in o.shadows if r.key not in keys]
             for lid in list(self._waiting):
                 self._waiting[lid] = [w for w in self._waiting[lid] if w.record.key not in keys]
                 if not self._waiting[lid]:
                     del self._waiting[lid]
+            self._n_waiting = sum(len(v) for v in self._waiting.values())
             for k in keys:
                 self._next.pop(k, None)
                 self._newest.pop(k, None)
 
     # ------------------------------------------------------------------------------------------ reading
+    def _event_time(self, t: float, now: float) -> float:
+        """A client's time, bounded by this clock: ahead of it counts as now."""
+        return t if t <= now else now
+
+    def _seen(self, key: str, t: float, now: float) -> None:
+        newest = self._newest.get(key)
+        self._newest[key] = (t if newest is None or t > newest[0] else newest[0], now)
+
     def _add_decision(self, r: Record) -> None:
+        raw = r.value or b""
         try:
-            d = parse_decision(r.value or b"")
+            d = parse_decision(raw, limits=self.limits)
         except InvalidEvent as e:
-            self.dead_letter(r, e)
+            rt = parse_retraction(raw) if e.reason == "missing_field" else None
+            if rt is not None:
+                self._retract(rt)
+            else:
+                self.dead_letter(r, e)
             return
-        if d.log_id in self._open or d.log_id in self._closed:
-            return  # the same decision logged twice (a retried produce): the first one counts
+        now = self.clock()
+        o = self._open.get(d.log_id)
+        if o is not None:
+            if _same(o.decision, d):
+                self.duplicates += 1  # the same decision delivered twice: the first one counts
+            else:
+                o.shadows.append((d, r))  # dead-lettered when the first closes; stored if the first is retracted
+            return
+        closed = self._closed.get(d.log_id)
+        if closed is not None:
+            if closed[1] == d.log_propensity:
+                self.duplicates += 1
+            else:
+                self.dead_letter(r, _duplicate(d.log_id))
+            return
         if self.stored(d.log_id) is not None:
             self.reread += 1  # joined and stored before a restart: read again from an older held position
             return
-        t = _timestamp(d.created_at)
-        self._newest[r.key] = (max(self._newest.get(r.key, (t, 0.0))[0], t), self.clock())
+        t = self._event_time(_timestamp(d.created_at), now)
+        self._seen(r.key, t, now)
+        self._open_decision(d, r, t)
+
+    def _open_decision(self, d: Decision, r: Record, t: float) -> None:
         o = _Open(d, r, t)
-        for w in self._waiting.pop(d.log_id, []):
+        waiting = self._waiting.pop(d.log_id, [])
+        self._n_waiting -= len(waiting)
+        for w in waiting:
             if w.time > t + self.window_s:
                 self.dead_letter(w.record, self._late(d.log_id, t + self.window_s))
                 continue
-            o.outcome = w.outcome if o.outcome is None else merge_outcomes(o.outcome, w.outcome)
-            o.outcome_records.append(w.record)
+            o.outcomes.append((w.outcome, w.record))
         self._open[d.log_id] = o
 
     def _add_outcome(self, r: Record) -> None:
+        raw = r.value or b""
         try:
-            out = parse_outcome(r.value or b"")
+            out = parse_outcome(raw, limits=self.limits)
         except InvalidEvent as e:
-            self.dead_letter(r, e)
+            rt = parse_retraction(raw) if e.reason == "missing_field" else None
+            if rt is not None:
+                self._retract(rt)
+            else:
+                self.dead_letter(r, e)
             return
-        t = _timestamp(out.created_at) if out.created_at is not None else self.clock()
-        self._newest[r.key] = (max(self._newest.get(r.key, (t, 0.0))[0], t), self.clock())
+        now = self.clock()
+        t = self._event_time(_timestamp(out.created_at), now) if out.created_at is not None else now
+        self._seen(r.key, t, now)
         o = self._open.get(out.log_id)
         if o is not None and t > o.start + self.window_s:  # attribution is by event time, not by arrival
             self.dead_letter(r, self._late(out.log_id, o.start + self.window_s))
             return
         if o is not None:
-            o.outcome = out if o.outcome is None else merge_outcomes(o.outcome, out)
-            o.outcome_records.append(r)
+            o.outcomes.append((out, r))
             return
         if out.log_id in self._closed:
-            self.dead_letter(r, self._late(out.log_id, self._closed[out.log_id]))
+            self.dead_letter(r, self._late(out.log_id, self._closed[out.log_id][0]))
             return
         stored_at = self.stored(out.log_id)
         if stored_at is not None:  # its decision was joined and stored before a restart
@@ -199,7 +276,58 @@ class JoinSource:
             else:
                 self.dead_letter(r, self._late(out.log_id, stored_at + self.window_s))
             return
-        self._waiting.setdefault(out.log_id, []).append(_Waiting(out, r, t))
+        self._hold(_Waiting(out, r, t))
+
+    def _hold(self, w: _Waiting) -> None:
+        self._waiting.setdefault(w.outcome.log_id, []).append(w)
+        self._n_waiting += 1
+        while self._n_waiting > self.max_waiting:  # the oldest first (dicts keep insertion order)
+            lid = next(iter(self._waiting))
+            oldest = self._waiting[lid].pop(0)
+            if not self._waiting[lid]:
+                del self._waiting[lid]
+            self._n_waiting -= 1
+            self.dead_letter(oldest.record, self._unknown(lid, full=True))
+
+    def _retract(self, rt: Retraction) -> None:
+        """Remove what a retraction names (see RETRACTIONS above)."""
+        lid = rt.retract
+        o = self._open.get(lid)
+        found = False
+        if rt.outcome_id is not None:
+            if o is not None:
+                keep = [(out, r) for out, r in o.outcomes if out.outcome_id != rt.outcome_id]
+                found, o.outcomes = len(keep) < len(o.outcomes), keep
+            elif lid in self._waiting:
+                keep_w = [w for w in self._waiting[lid] if w.outcome.outcome_id != rt.outcome_id]
+                found = len(keep_w) < len(self._waiting[lid])
+                self._n_waiting -= len(self._waiting[lid]) - len(keep_w)
+                if keep_w:
+                    self._waiting[lid] = keep_w
+                else:
+                    del self._waiting[lid]
+        elif o is not None:
+            if o.decision.log_propensity == rt.log_propensity:
+                found = True
+                del self._open[lid]
+                if o.shadows:  # a second decision for this log_id (a retry that was answered): it is the one
+                    (d, r), rest = o.shadows[0], o.shadows[1:]
+                    now = self.clock()
+                    self._open_decision(d, r, self._event_time(_timestamp(d.created_at), now))
+                    self._open[lid].outcomes = o.outcomes
+                    self._open[lid].shadows = rest
+                else:  # its outcomes wait for a retried decision, as outcomes read before theirs do
+                    for out, r in o.outcomes:
+                        t = _timestamp(out.created_at) if out.created_at is not None else o.start
+                        self._hold(_Waiting(out, r, min(t, self.clock())))
+            else:
+                kept = [(d, r) for d, r in o.shadows if d.log_propensity != rt.log_propensity]
+                found, o.shadows = len(kept) < len(o.shadows), kept
+        kind = "applied" if found else "too_late"
+        self.retracted[kind] += 1
+        if not found:
+            log.warning("join: retraction of %s (%s) found nothing open: already stored, or never logged", lid,
+                        "outcome " + str(rt.outcome_id) if rt.outcome_id else "decision")  # fmt: skip
 
     def _late(self, log_id: str, end: float) -> InvalidEvent:
         return InvalidEvent(
@@ -209,40 +337,53 @@ class JoinSource:
             log_id,
         )
 
+    def _unknown(self, log_id: str, full: bool = False) -> InvalidEvent:
+        why = (
+            f"more than join.max_waiting_outcomes ({self.max_waiting}) outcomes were waiting for their decisions"
+            if full
+            else f"no decision with this log_id arrived within join.lateness_s {self.lateness_s:g}s "
+            "(or its window closed more than join.window_s ago)"
+        )
+        return InvalidEvent("unknown_decision", "log_id", why, log_id)
+
     def _close_windows(self) -> list[Record]:
         # A partition owned but not heard from yet (just after a start or a rebalance) may hold the outcomes of the
         # open decisions: the watermark waits for its first records, or for the source to say it has none.
         unheard = self.inner.behind() - self._newest.keys()
         if self._newest and not unheard:
             now = self.clock()
-            wm = min(t + (now - wall) for t, wall in self._newest.values()) - self.lateness_s
+            # never past this clock: a partition's newest time is bounded by it when read, and moves with it after
+            wm = min(min(t + (now - wall) for t, wall in self._newest.values()), now) - self.lateness_s
             self._watermark = max(self._watermark, wm)
         wm = self._watermark
         out: list[Record] = []
         due = sorted((o for o in self._open.values() if o.start + self.window_s <= wm), key=lambda o: o.start)
         for o in due:
-            del self._open[o.decision.log_id]
-            self._closed[o.decision.log_id] = o.start + self.window_s
-            value = _dumps(joined_event(o.decision, o.outcome))
+            lid = o.decision.log_id
+            del self._open[lid]
+            self._closed[lid] = (o.start + self.window_s, o.decision.log_propensity)
+            for _, r in o.shadows:
+                self.dead_letter(r, _duplicate(lid))
+            try:
+                outcome = merge_all([out for out, _ in o.outcomes], self.limits)
+                value = _dumps(joined_event(o.decision, outcome))
+            except Exception as e:  # never expected: every record was validated; kept as a dead letter, not raised
+                log.exception("join: cannot build the event of %s", lid)
+                self.dead_letter(o.record, InvalidEvent("join_failed", "$", f"{type(e).__name__}: {e}", lid))
+                continue
             r = o.record
             out.append(
                 Record(r.key, r.offset, r.next_position, value, r.topic, r.partition, r.timestamp_ms, r.key_bytes)
             )
             self.emitted += 1
-            self.defaulted += o.outcome is None
-        for lid in [lid for lid, ws in self._waiting.items() if all(w.time + self.lateness_s <= wm for w in ws)]:
-            for w in self._waiting.pop(lid):
-                self.dead_letter(
-                    w.record,
-                    InvalidEvent(
-                        "unknown_decision",
-                        "log_id",
-                        f"no decision with this log_id arrived within join.lateness_s {self.lateness_s:g}s "
-                        "(or its window closed more than join.window_s ago)",
-                        lid,
-                    ),
-                )
-        for lid in [lid for lid, end in self._closed.items() if end + self.window_s < wm]:
+            self.defaulted += outcome is None
+        expired = [lid for lid, ws in self._waiting.items() if all(w.time + self.lateness_s <= wm for w in ws)]
+        for lid in expired:
+            ws = self._waiting.pop(lid)
+            self._n_waiting -= len(ws)
+            for w in ws:
+                self.dead_letter(w.record, self._unknown(lid))
+        for lid in [lid for lid, (end, _) in self._closed.items() if end + self.window_s < wm]:
             del self._closed[lid]
         return out
 
@@ -252,7 +393,7 @@ class JoinSource:
         dead-lettered record is not read again after the next seal."""
         records = self.inner.poll(timeout_s)
         with self._lock:
-            before = (self.emitted, self.defaulted, self.reread)
+            before = (self.emitted, self.defaulted, self.reread, self.duplicates, dict(self.retracted))
             for r in records:
                 if self.is_decision(r):
                     self._add_decision(r)
@@ -268,6 +409,9 @@ class JoinSource:
                 m.join_emitted.labels(outcome="default").inc(defaulted)
                 m.join_emitted.labels(outcome="reported").inc(emitted - defaulted)
                 m.join_reread.inc(self.reread - before[2])
+                m.join_duplicates.inc(self.duplicates - before[3])
+                for kind, n in self.retracted.items():
+                    m.join_retractions.labels(result=kind).inc(n - before[4][kind])
             if not out and not records:
                 return out
             positions = self.positions()
@@ -304,6 +448,20 @@ class JoinSource:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _same(a: Decision, b: Decision) -> bool:
+    return a.log_propensity == b.log_propensity and a.action == b.action
+
+
+def _duplicate(log_id: str) -> InvalidEvent:
+    return InvalidEvent(
+        "duplicate_decision",
+        "log_id",
+        "another decision with this log_id was already joined (a log_id names one search; use a new one, or the "
+        "same request to get the same answer)",
+        log_id,
+    )
 
 
 class BothFiles:

@@ -62,8 +62,15 @@ class StreamerMetrics:
                                     ["outcome"], registry=registry)  # fmt: skip
         self.join_reread = Counter(p + "join_reread_records", "Records read again after a restart that belong to "
                                    "events already stored (skipped)", registry=registry)  # fmt: skip
+        self.join_duplicates = Counter(p + "join_duplicate_deliveries", "Decisions delivered twice with the same "
+                                       "weights (counted once)", registry=registry)  # fmt: skip
+        self.join_retractions = Counter(p + "join_retractions", "Retractions of refused requests, by result: "
+                                        "applied, or too_late (what they named was stored)", ["result"],
+                                        registry=registry)  # fmt: skip
         for o in ("reported", "default"):
             self.join_emitted.labels(outcome=o)
+        for res in ("applied", "too_late"):
+            self.join_retractions.labels(result=res)
         for r in REASONS:
             self.rejected.labels(reason=r)
         for k in ERROR_KINDS:

@@ -29,7 +29,15 @@ class FileSource:
     bytes) is a new file: it is read from its start under a new partition key (`file:PATH#N`, generation N), so
     its records are neither skipped at the old position nor taken for rows already stored or dead letters already
     written at the same offsets. The buffer's manifest keeps each path's identity and current key.
+
+    ROTATION (move, then create: logrotate's default, and what `rankrl serve`'s logs follow). The source holds the
+    file it reads open; when PATH names another file, it reads the held one to its end first, and goes on doing so
+    for `ROTATION_GRACE_S` (a writer may append one last batch to the file it held), then follows the new file. A
+    rotation while the streamer is stopped loses the unread rest of the moved file: rotate while it runs, or
+    point the source at a folder and rotate into names that stay in it (docs/operating.md).
     """
+
+    ROTATION_GRACE_S = 2.0
 
     CHUNK = 4 << 20
 
@@ -55,6 +63,8 @@ class FileSource:
         self._warned_long: set[tuple[str, int]] = set()
         self._pos = {k: v for k, v in stored_positions.items() if k.startswith("file:")}
         self._paused = False
+        # per path: the file read last (open), its key, (dev, ino), and when PATH was seen naming another file
+        self._held: dict[Path, tuple[Any, str, tuple[int, int], float | None]] = {}
 
     @staticmethod
     def key_of(path: Path) -> str:
@@ -102,7 +112,9 @@ class FileSource:
             time.sleep(timeout_s)
             return []
         out: list[Record] = []
-        for f in self._files():
+        for f in sorted({*self._files(), *self._held}):
+            if self._drain_rotated(f, out):
+                continue  # the moved file still has (or may still get) records: the new one waits
             try:
                 st = f.stat()
             except FileNotFoundError:  # rotated away since the listing
@@ -118,6 +130,7 @@ class FileSource:
                 # identity and data from one open file: a replacement between a stat and an open cannot mix them
                 st = os.fstat(fh.fileno())
                 key = self._key(f, fh.fileno(), st)
+                self._hold(f, key, st)
                 self._looked[f] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 pos = self._pos.get(key, 0)
                 size = st.st_size
@@ -146,6 +159,65 @@ class FileSource:
         if not out and timeout_s > 0:
             time.sleep(min(timeout_s, 0.2))
         return out
+
+    def _hold(self, f: Path, key: str, st: os.stat_result) -> None:
+        """Keep the file being read open, so that its rest can be read after it is moved away."""
+        held = self._held.get(f)
+        if held is not None and held[2] == (st.st_dev, st.st_ino) and held[1] == key:
+            return
+        if held is not None:
+            held[0].close()
+        try:
+            fh = open(f, "rb")  # noqa: SIM115 -- closed when the path moves on to another file
+        except FileNotFoundError:
+            self._held.pop(f, None)
+            return
+        ident = os.fstat(fh.fileno())
+        if (ident.st_dev, ident.st_ino) != (st.st_dev, st.st_ino):  # replaced in between: held next time
+            fh.close()
+            self._held.pop(f, None)
+            return
+        self._held[f] = (fh, key, (st.st_dev, st.st_ino), None)
+
+    def _drain_rotated(self, f: Path, out: list[Record]) -> bool:
+        """When PATH no longer names the held file, read the held file's rest; True while it must be followed."""
+        held = self._held.get(f)
+        if held is None:
+            return False
+        fh, key, devino, since = held
+        try:
+            st = f.stat()
+            same = (st.st_dev, st.st_ino) == devino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return False
+        now = time.monotonic()
+        if since is None:
+            log.info("file source %s was moved away: reading the rest of the moved file before the new one", f)
+            since = now
+            self._held[f] = (fh, key, devino, since)
+        size = os.fstat(fh.fileno()).st_size
+        pos = self._pos.get(key, 0)
+        if size > pos and len(out) < self.max_records:
+            fh.seek(pos)
+            chunk = fh.read(min(self.CHUNK, size - pos))
+            start = 0
+            while len(out) < self.max_records:
+                nl = chunk.find(b"\n", start)
+                if nl < 0:
+                    break
+                line = chunk[start:nl]
+                if line.strip():
+                    out.append(Record(key, pos + start, pos + nl + 1, line, str(f)))
+                start = nl + 1
+            self._pos[key] = pos + start
+            return True
+        if now - since < self.ROTATION_GRACE_S:
+            return True
+        fh.close()
+        del self._held[f]
+        return False
 
     def _long_line(self, fh: Any, key: str, pos: int, head: bytes) -> Record | None:
         """The record of a line longer than a chunk: its head, once its newline is found (None: not yet)."""
@@ -185,4 +257,6 @@ class FileSource:
         return set()  # poll reads from every file each time
 
     def close(self) -> None:
-        pass
+        for fh, *_ in self._held.values():
+            fh.close()
+        self._held.clear()
