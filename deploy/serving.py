@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,9 +56,51 @@ class ServingPolicy:
         self.default_exploration = exploration or DirichletExploration()
         self.exploration = self.default_exploration
         self.auto_refresh = auto_refresh
+        # why what is served is not the champion the pointer names (a damaged version), or None
+        self.problem: str | None = None
+        self._failed: tuple[float | None, float] | None = None  # (pointer mtime, when) of the last failed load
         if self.default_weights is not None:
             self._serve_default()
-        self.refresh()
+            try:
+                self.refresh()
+            except Exception as e:  # a damaged champion must not keep a new instance from serving
+                self._fall_back(e)
+        else:
+            self.refresh()
+
+    def _fall_back(self, e: Exception) -> None:
+        """Serve the newest earlier champion that verifies and loads, else the default weights, and say why."""
+        bad = self._pointer_version()
+        tried: list[str] = []
+        for h in reversed(self.registry.history()):
+            for v in (h.get("version"), h.get("previous")) if h.get("action") in ("promote", "rollback") else ():
+                if not isinstance(v, str) or v == bad or v in tried:
+                    continue
+                tried.append(v)
+                try:
+                    self._load(v)
+                except Exception as e2:
+                    log.warning("serving: earlier champion %s cannot be loaded either: %s", v, e2)
+                    continue
+                self.problem = f"champion {bad} cannot be loaded ({e}); serving the earlier champion {v}"
+                log.error("serving: %s", self.problem)
+                return
+        self._serve_default()
+        self.problem = f"champion {bad} cannot be loaded ({e}); serving the default weights"
+        log.error("serving: %s", self.problem)
+
+    def _pointer_version(self) -> str | None:
+        try:
+            return self.registry.champion()
+        except RegistryError:
+            return None
+
+    def _load(self, version: str) -> None:
+        policy = load_policy_mean(self.registry.path(version, "policy.pt"))
+        ex = json.loads(self.registry.path(version, "exploration.json").read_text())
+        with self._lock:
+            self._policy, self.version = policy, version
+            self.exploration = DirichletExploration(kappa=ex["kappa"], min_alpha=ex["min_alpha"])
 
     @classmethod
     def from_registry(cls, root: str | Path, seed: int | None = None) -> ServingPolicy:
@@ -79,20 +122,25 @@ class ServingPolicy:
         mtime = path.stat().st_mtime if path.exists() else None
         if mtime == self._mtime and self._policy is not None:
             return False
-        version = self.registry.champion()
-        if version is None:
-            if self.default_weights is None:
-                raise RegistryError(f"no champion in {self.registry.root}: promote a model first")
-            self._mtime = mtime
-            return False
-        policy = load_policy_mean(self.registry.path(version, "policy.pt"))
-        ex = json.loads(self.registry.path(version, "exploration.json").read_text())
-        with self._lock:
-            changed = version != self.version
-            self._policy, self.version, self._mtime = policy, version, mtime
-            self.exploration = DirichletExploration(kappa=ex["kappa"], min_alpha=ex["min_alpha"])
+        if self._failed is not None and self._failed[0] == mtime and time.monotonic() - self._failed[1] < 30.0:
+            return False  # the same damaged pointer or version: try again every 30 s, not on every call
+        try:
+            version = self.registry.champion()
+            if version is None:
+                if self.default_weights is None:
+                    raise RegistryError(f"no champion in {self.registry.root}: promote a model first")
+                self._mtime, self.problem = mtime, None
+                return False
+            before = self.version
+            self._load(version)
+        except Exception as e:
+            self._failed = (mtime, time.monotonic())
+            if self._policy is not None:
+                self.problem = f"the champion cannot be loaded ({e}); still serving {self.version}"
+            raise
+        self._mtime, self._failed, self.problem = mtime, None, None
         log.info("serving champion=%s", version)
-        return changed
+        return version != before
 
     def mean(self, states: np.ndarray) -> np.ndarray:
         """Mean weights for state vectors [n, 23] (or one [23])."""
@@ -107,6 +155,11 @@ class ServingPolicy:
 
     def act_batch(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """Served weights [n, 7], their log-densities [n] and the version that chose them, for states [n, 23]."""
+        _, a, logp, version = self.decide(states)
+        return a, logp, version
+
+    def decide(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """The mean weights [n, 7], the served weights [n, 7], their log-densities [n] and the version."""
         if self.auto_refresh:
             self.refresh()
         with self._lock:  # one consistent (policy, exploration, version) for the whole batch
@@ -114,7 +167,7 @@ class ServingPolicy:
         m = policy(np.atleast_2d(states))
         with self._lock:  # numpy's Generator is not thread-safe
             a, logp = exploration.sample(m, self.rng)
-        return a, logp, str(version)
+        return m, a, logp, str(version)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,86 @@
+"""uvicorn's HTTP protocol (httptools) with the two bounds it lacks: the size of a request's head (request line and
+headers) and the time a client may take to send it.
+
+uvicorn bounds idle keep-alive connections and, with flow control, the body buffered per connection; it does not
+bound a head that keeps growing (every header is kept) or a client that sends its head a byte at a time, each of
+which holds a connection and its memory for as long as the client likes. This protocol answers 431 to a head
+larger than `max_header_bytes` and 408 to one not complete within `read_timeout_s` of its first byte (or of the
+connection), and closes the connection. uvicorn takes a protocol class as `http=`: this is that extension point,
+not a patch. The body's bounds are the application's (deploy/service.py reads it in chunks, with a deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+def _close_with(transport: asyncio.Transport, status: bytes, reason: bytes) -> None:
+    body = reason + b"\n"
+    transport.write(
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    transport.close()
+
+
+def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpToolsProtocol]:
+    """An HttpToolsProtocol class that bounds each request head's size and the time to receive it."""
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _in_head: bool
+        _head_bytes: int
+        _head_timer: asyncio.TimerHandle | None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._in_head, self._head_bytes, self._head_timer = True, 0, None
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(read_timeout_s, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self._in_head and self._head_bytes and not self.transport.is_closing():
+                log.info("serve: a client did not send its request head within %gs: closed", read_timeout_s)
+                _close_with(self.transport, b"408 Request Timeout", b"request head not received in time")
+            elif self._in_head and not self.transport.is_closing() and self.cycle is None:
+                self.transport.close()  # connected and silent: nothing to answer
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                if self._head_bytes == 0 and self.cycle is not None:
+                    self._arm()  # the first byte of the next request on a kept-alive connection
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > max_header_bytes and not self.transport.is_closing():
+                log.info("serve: a request head over %d bytes: refused", max_header_bytes)
+                _close_with(self.transport, b"431 Request Header Fields Too Large",
+                            f"request line and headers over {max_header_bytes} bytes".encode())  # fmt: skip
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            self._in_head, self._head_bytes = True, 0
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return BoundedHttpToolsProtocol
