@@ -20,13 +20,22 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 log = logging.getLogger(__name__)
 
 
+LINGER_S = 2.0  # after refusing a request, how long to keep reading (and dropping) what the client still sends
+
+
 def _close_with(transport: asyncio.Transport, status: bytes, reason: bytes) -> None:
+    """Answer and close as nginx's lingering close does: half-close, drop what still arrives for LINGER_S, then
+    close. Closing with unread data would reset the connection, and the client might never read the answer."""
     body = reason + b"\n"
     transport.write(
         b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
-    transport.close()
+    if transport.can_write_eof():
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+    else:
+        transport.close()
 
 
 def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpToolsProtocol]:
@@ -36,11 +45,17 @@ def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpT
         _in_head: bool
         _head_bytes: int
         _head_timer: asyncio.TimerHandle | None
+        _refused: bool
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._in_head, self._head_bytes, self._head_timer = True, 0, None
+            self._in_head, self._head_bytes, self._head_timer, self._refused = True, 0, None, False
             self._arm()
+
+        def _refuse(self, status: bytes, reason: bytes) -> None:
+            self._refused = True
+            self._disarm()
+            _close_with(self.transport, status, reason)
 
         def _arm(self) -> None:
             self._disarm()
@@ -55,11 +70,13 @@ def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpT
             self._head_timer = None
             if self._in_head and self._head_bytes and not self.transport.is_closing():
                 log.info("serve: a client did not send its request head within %gs: closed", read_timeout_s)
-                _close_with(self.transport, b"408 Request Timeout", b"request head not received in time")
+                self._refuse(b"408 Request Timeout", b"request head not received in time")
             elif self._in_head and not self.transport.is_closing() and self.cycle is None:
                 self.transport.close()  # connected and silent: nothing to answer
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # answered already: what still arrives is dropped until the connection closes
             if self._in_head:
                 if self._head_bytes == 0 and self.cycle is not None:
                     self._arm()  # the first byte of the next request on a kept-alive connection
@@ -67,8 +84,8 @@ def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpT
             super().data_received(data)
             if self._in_head and self._head_bytes > max_header_bytes and not self.transport.is_closing():
                 log.info("serve: a request head over %d bytes: refused", max_header_bytes)
-                _close_with(self.transport, b"431 Request Header Fields Too Large",
-                            f"request line and headers over {max_header_bytes} bytes".encode())  # fmt: skip
+                self._refuse(b"431 Request Header Fields Too Large",
+                             f"request line and headers over {max_header_bytes} bytes".encode())  # fmt: skip
 
         def on_headers_complete(self) -> None:
             self._in_head = False

@@ -46,6 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="traffic seed (default 0)")
     s.add_argument("--world-seed", type=int, default=7, help="seed of the world's hidden parameters (default 7)")
     s.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the service (300)")
+    s.add_argument(
+        "--token-file",
+        help="serve's token file (serve.tokens_file format): the first token with both the rank and outcome scopes",
+    )
     s.set_defaults(func=cmd_traffic)
 
     s = sub.add_parser("fit", help="the batch path of the original train.py: train once from a JSONL file")
@@ -123,6 +127,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def traffic_token(path: str) -> str:
+    """The first token of a serve token file that may both rank and report outcomes."""
+    for line in Path(path).read_text().splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2 and {"rank", "outcome"} <= set(parts[0].split(",")):
+            return parts[1]
+    raise RuntimeError(f"{path} has no token with both the rank and outcome scopes")
+
+
 def cmd_traffic(args: argparse.Namespace) -> int:
     """Simulated search traffic through `rankrl serve`, outcomes reported later, for --minutes."""
     from rankrl.sim import RankingWorld, WorldConfig
@@ -131,9 +144,10 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     engine = None
     try:
+        token = traffic_token(args.token_file) if args.token_file else None
         wait_ready(url, args.ready_timeout)
         engine = SearchEngine(RankingWorld(WorldConfig(), world_seed=args.world_seed), url, args.seed,
-                              args.max_outcome_delay)  # fmt: skip
+                              args.max_outcome_delay, token=token)  # fmt: skip
         log.info("traffic to %s at %g searches/s for %s", url, args.rate,
                  f"{args.minutes:g} min" if args.minutes else "ever")  # fmt: skip
         run_traffic(engine, args.rate, 60.0 * args.minutes)

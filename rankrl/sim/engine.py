@@ -30,8 +30,13 @@ log = logging.getLogger(__name__)
 class SearchEngine:
     """The search engine's middle tier (see the module's docstring), over one keep-alive HTTP connection."""
 
-    def __init__(self, world: RankingWorld, url: str, seed: int, max_delay_s: float, batch: int = 20) -> None:
+    def __init__(
+        self, world: RankingWorld, url: str, seed: int, max_delay_s: float, batch: int = 20, token: str | None = None
+    ) -> None:
         parts = urlsplit(url)
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
         self.world = world
         self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
         self.rng = np.random.default_rng(seed)
@@ -45,7 +50,7 @@ class SearchEngine:
 
     def _post(self, endpoint: str, path: str, body: bytes) -> dict[str, Any]:
         t0 = time.perf_counter()
-        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
+        self.conn.request("POST", path, body, self.headers)
         resp = self.conn.getresponse()
         data = resp.read()
         self.latency_s[endpoint].append(time.perf_counter() - t0)
