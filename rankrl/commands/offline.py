@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from common.progress import add_progress_flag, progress_bar
 from rankrl.commands import add_config_flags, config_from
