@@ -9,7 +9,8 @@ itself against, and `tests/deploy/test_contract.py` regenerates it and compares 
   msgspec types that validate them (common/decisions.py, common/schema.py);
 - `docs/conformance/serving-v1.json`: states (JSON) -> the 23 features; (mean, served weights, kappa, min_alpha)
   -> log-density; and states -> mean weights of `reference-policy.onnx`, a small fixed policy in the exact form
-  of every version's `policy.onnx` (input `state` float32 [n, 23], output `weights` float32 [n, 7]).
+  of every version's `policy.onnx` (input `state` float32 [n, 23], output `weights` float32 [n, 7]); and the
+  whole serve path chained (state -> features -> mean -> served weights -> log-density).
 """
 
 from __future__ import annotations
@@ -112,6 +113,15 @@ def conformance(onnx_path: Path) -> dict[str, Any]:
                               "alpha": ex.alphas(m).tolist(), "log_density": float(lp)})  # fmt: skip
     states = np.array([f["features"] for f in features], dtype=np.float32)
     weights = OnnxMean(onnx_path)(states)
+    # the whole serve path: state JSON -> features -> mean (reference-policy.onnx) -> served weights -> log-density
+    ex = DirichletExploration(20.0, 1.0)
+    served, _ = ex.sample(np.asarray(weights, dtype=np.float64), rng)
+    path_lp = ex.log_density(served, np.asarray(weights, dtype=np.float64))
+    serve_path = [
+        {"state": f["state"], "ranking_metadata": f["ranking_metadata"], "kappa": 20.0, "min_alpha": 1.0,
+         "mean": w.astype(float).tolist(), "weights": a.tolist(), "log_density": float(lp)}
+        for f, w, a, lp in zip(features, weights, served, path_lp, strict=True)
+    ]  # fmt: skip
     return {
         "version": 1,
         "state_features": list(STATE_FEATURE_NAMES),
@@ -126,6 +136,7 @@ def conformance(onnx_path: Path) -> dict[str, Any]:
                 {"features": f["features"], "weights": w.tolist()} for f, w in zip(features, weights, strict=True)
             ],
         },
+        "serve_path": serve_path,
     }
 
 

@@ -120,3 +120,54 @@ def test_schemas_accept_simulated_events_and_served_messages() -> None:
     with pytest.raises(InvalidEvent):
         parse_outcome(orjson.dumps(bad))
     assert isinstance(parse_decision(orjson.dumps(_decision()), now=2e9), Decision)
+
+
+def test_the_serve_path_vectors_chain_features_mean_and_density() -> None:
+    """Each serve-path case, recomputed from its state with only numpy, scipy and onnxruntime (what an engine in
+    another language has): features, the reference ONNX mean within 1e-6, and the log-density within 1e-9 of the
+    case's mean."""
+    import onnxruntime as ort
+
+    doc = json.loads((CONFORMANCE / "serving-v1.json").read_text())
+    session = ort.InferenceSession(str(CONFORMANCE / REFERENCE_POLICY), providers=["CPUExecutionProvider"])
+    key = lambda c: json.dumps([c["state"], c["ranking_metadata"]], sort_keys=True)  # noqa: E731
+    features = {key(f): f["features"] for f in doc["features"]}
+    assert doc["serve_path"]
+    for case in doc["serve_path"]:
+        x = np.array([features[key(case)]], dtype=np.float32)
+        (mean,) = session.run(["weights"], {"state": x})[0]
+        assert np.allclose(mean, case["mean"], rtol=0, atol=1e-6)
+        m = np.array(case["mean"], dtype=np.float64)
+        alpha = case["min_alpha"] + (case["kappa"] - 7 * case["min_alpha"]) * m / m.sum()
+        a = np.array(case["weights"]) / np.sum(case["weights"])
+        assert stats.dirichlet.logpdf(a, alpha) == pytest.approx(case["log_density"], abs=1e-9)
+
+
+def test_schemas_and_the_server_agree_on_generated_requests() -> None:
+    """Rank requests of every shape, and each mutated one way: the schema and serve's decoder accept and refuse the
+    same ones (the cross-field rules, price_min <= price_max, are the server's on top of the schema)."""
+    from tests.deploy.fuzz_requests import random_rank_requests
+
+    v = _validator("rank-request")
+    rng = np.random.default_rng(5)
+    mutations = (("state", "user_features", "luxury_affinity", 1.5), ("state", "candidate_features", "count", -2),
+                 ("state", "session_features", "query_has_brand", 10**20), ("state", "session_features", "query_length", "x"),
+                 ("log_id", None, None, ""), ("state", "user_features", "brand_affinity", [1]))  # fmt: skip
+    for req in random_rank_requests(300, seed=11):
+        docs = [req]
+        for path in mutations:
+            d = copy.deepcopy(req)
+            node = d
+            keys = [k for k in path[:-1] if k is not None]
+            for k in keys[:-1]:
+                node = node[k]
+            node[keys[-1]] = path[-1]
+            docs.append(d)
+        for d in docs[: 1 + int(rng.integers(1, len(docs)))]:
+            schema_ok = not list(v.iter_errors(d))
+            try:
+                decode(json.dumps(d).encode(), RankRequest)
+                server_ok = True
+            except InvalidEvent:
+                server_ok = False
+            assert schema_ok == server_ok, (schema_ok, server_ok, d)

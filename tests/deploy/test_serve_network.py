@@ -199,3 +199,32 @@ def test_every_response_carries_the_mean_that_reproduces_its_log_propensity(tmp_
     assert abs(mean.sum() - 1) < 1e-12
     lp = DirichletExploration(20.0, 1.0).log_density(w[None], mean[None])[0]
     assert abs(lp - r["log_propensity"]) < 1e-9
+
+
+def test_a_client_reproduces_served_log_propensities_from_policy_onnx(tmp_path: Path, two_versions: Path) -> None:
+    """What an engine in another language does: run the champion's policy.onnx (onnxruntime) on the features of the
+    logged state, apply the contract's density to the served weights: within the contract's tolerances."""
+    import onnxruntime as ort
+    from scipy import stats
+
+    from common.features import extract_state_vector
+    from common.schema import ACTION_KEYS
+
+    shutil.copytree(two_versions, tmp_path / "models")
+    ex = json.loads((tmp_path / "models" / "v0002" / "exploration.json").read_text())
+    session = ort.InferenceSession(str(tmp_path / "models" / "v0002" / "policy.onnx"),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    with serving(tmp_path) as url:
+        answers = [post(url + "/v1/rank", rank_request(log_id=f"c{i}", session_id=str(i)))[1] for i in range(20)]
+    logged = {d["log_id"]: d for d in lines(tmp_path / "decisions.jsonl")}
+    worst_mean = worst_lp = 0.0
+    for r in answers:
+        assert r["policy_version"] == "v0002"
+        x = extract_state_vector(logged[r["log_id"]]["state"])[None]
+        (mean,) = session.run(["weights"], {"state": x})[0].astype(np.float64)
+        mean = np.clip(mean, 0, None) / np.clip(mean, 0, None).sum()
+        alpha = ex["min_alpha"] + (ex["kappa"] - 7 * ex["min_alpha"]) * mean
+        w = np.array([r["weights"][k] for k in ACTION_KEYS])
+        worst_mean = max(worst_mean, float(np.abs(mean - [r["mean"][k] for k in ACTION_KEYS]).max()))
+        worst_lp = max(worst_lp, abs(stats.dirichlet.logpdf(w / w.sum(), alpha) - r["log_propensity"]))
+    assert worst_mean < 1e-6 and worst_lp < 1e-4, (worst_mean, worst_lp)
