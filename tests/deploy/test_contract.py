@@ -151,8 +151,9 @@ def test_schemas_and_the_server_agree_on_generated_requests() -> None:
     v = _validator("rank-request")
     rng = np.random.default_rng(5)
     mutations = (("state", "user_features", "luxury_affinity", 1.5), ("state", "candidate_features", "count", -2),
-                 ("state", "session_features", "query_has_brand", 10**20), ("state", "session_features", "query_length", "x"),
-                 ("log_id", None, None, ""), ("state", "user_features", "brand_affinity", [1]))  # fmt: skip
+                 ("state", "session_features", "query_has_brand", 10**20),
+                 ("state", "session_features", "query_length", "x"), ("log_id", None, None, ""),
+                 ("state", "user_features", "brand_affinity", [1]))  # fmt: skip
     for req in random_rank_requests(300, seed=11):
         docs = [req]
         for path in mutations:
