@@ -5,6 +5,7 @@ clients, a damaged champion at start, and the contract's mean in every response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -117,16 +118,12 @@ def test_a_request_that_times_out_never_harms_the_writer(tmp_path: Path, monkeyp
 def raw_http(url: str, data: bytes, read_s: float = 15.0) -> bytes:
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=read_s) as s:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before all of it was sent: the answer is still there to read
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(data)  # refused before all of it was sent: the answer is still there to read
         out = b""
-        try:
+        with contextlib.suppress(ConnectionResetError):
             while chunk := s.recv(65536):
                 out += chunk
-        except ConnectionResetError:
-            pass
         return out
 
 
@@ -194,6 +191,7 @@ def test_every_response_carries_the_mean_that_reproduces_its_log_propensity(tmp_
 
     with serving(tmp_path) as url:
         code, r = post(url + "/v1/rank", rank_request())
+    assert code == 200
     mean = np.array([r["mean"][k] for k in ACTION_KEYS])
     w = np.array([r["weights"][k] for k in ACTION_KEYS])
     assert abs(mean.sum() - 1) < 1e-12
