@@ -222,3 +222,66 @@ def test_serve_and_the_join_keep_every_search_exactly_once_across_sigkills(kafka
     assert {reason for _, reason in letters} == {"late_outcome", "unknown_decision"}
     print(f"dead letters: {len(letters)} for {len(late) + len(unknown)} late or unknown outcomes "
           f"(the Kafka DLQ is at least once across SIGKILL)")  # fmt: skip
+
+
+def test_a_broker_outage_leaves_every_acknowledged_record_stored_once_and_every_refused_one_absent(
+    tmp_path: Path,
+) -> None:
+    """Searches ranked and reported one at a time while the broker is killed for 8 s: the decisions and outcomes
+    answered 503 were still in the producer and reached the topics once the broker came back, followed by their
+    retractions. The join stores every 200 once, with its purchase when the outcome got a 202, and none of the 503s."""
+    from tests.kafka_broker import killable_broker
+
+    with killable_broker(tmp_path / "kafka") as k:
+        kafka = k.broker
+        dec, out = kafka.topic("decisions"), kafka.topic("outcomes")
+        create_topic(kafka, dec, partitions=2)
+        create_topic(kafka, out, partitions=2)
+        ranked: dict[str, int] = {}
+        reported: dict[str, int] = {}
+        stop = threading.Event()
+        with serving(tmp_path, "--set", "serve.log_timeout_s=0.5", decisions=f"kafka://{kafka.bootstrap}/{dec}",
+                     outcomes=f"kafka://{kafka.bootstrap}/{out}") as url:  # fmt: skip
+
+            def load() -> None:
+                i = 0
+                while not stop.is_set():
+                    lid = f"o{i}"
+                    code, _ = post(url + "/v1/rank", rank_request(log_id=lid))
+                    ranked[lid] = code
+                    if code == 200:
+                        body = {"log_id": lid, "ranking": ["prod_1"], "outcomes": {"user_action": "purchase",
+                                "purchased_ranks": [1], "purchased_total_value": 199.0}}  # fmt: skip
+                        reported[lid] = post(url + "/v1/outcome", body)[0]
+                    i += 1
+                    time.sleep(0.01)
+
+            t = threading.Thread(target=load)
+            t.start()
+            while sum(c == 200 for c in ranked.values()) < 100:
+                time.sleep(0.05)
+            k.kill()
+            time.sleep(8)
+            k.resume()
+            deadline = time.time() + 60
+            while time.time() < deadline and sum(c == 200 for c in list(ranked.values())[-20:]) < 20:
+                time.sleep(0.2)
+            stop.set()
+            t.join()
+        cmd = [sys.executable, "-m", "rankrl", "stream", "--decisions", f"kafka://{kafka.bootstrap}/{dec}",
+               "--outcomes", f"kafka://{kafka.bootstrap}/{out}", "--buffer", str(tmp_path / "buffer"),
+               "--metrics-port", "0", "--group-id", kafka.topic("g"), "--stop-when-idle", "3",
+               "--set", "join.window_s=2", "--set", "join.lateness_s=0.5"]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    w = open_buffer(tmp_path / "buffer").load()
+    hashes = w.column("log_id_hash").tolist()
+    ok = {lid for lid, c in ranked.items() if c == 200}
+    refused = {lid for lid, c in ranked.items() if c != 200}
+    bought = {lid for lid, c in reported.items() if c == 202}
+    print(f"outage: ranked={len(ranked)} 200={len(ok)} 503={len(refused)} outcomes 202={len(bought)} "
+          f"outcomes 503={len(reported) - len(bought)} stored={len(hashes)}")  # fmt: skip
+    assert refused, "the outage refused nothing: it did not test anything"
+    assert len(hashes) == len(set(hashes)) and set(hashes) == {log_id_hash(x) for x in ok}
+    converted = {h for h, c in zip(hashes, w.column("converted").tolist(), strict=True) if c}
+    assert converted == {log_id_hash(x) for x in bought}
