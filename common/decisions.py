@@ -197,20 +197,30 @@ def check_plausible(o: Outcomes, log_id: str, limits: Limits) -> None:
 def parse_outcome(raw: bytes, now: float | None = None, limits: Limits = DEFAULT_LIMITS) -> Outcome:
     """An outcome, validated as the event's outcomes are (ranks inside the ranking, no purchase on a click...),
     within the size and plausibility limits."""
+    return read_outcome(raw, now, limits)[0]
+
+
+def read_outcome(raw: bytes, now: float | None = None, limits: Limits = DEFAULT_LIMITS) -> tuple[Outcome, float | None]:
+    """`parse_outcome` and the outcome's event time (None when it carries none)."""
     check_size(raw, limits)
     out: Outcome = decode(raw, Outcome)
     check_outcomes(out.outcomes, len(out.ranking), out.log_id)
     check_plausible(out.outcomes, out.log_id, limits)
-    if out.created_at is not None:
-        check_time(out.created_at, out.log_id, time.time() if now is None else now, limits.max_future_s)
-    return out
+    if out.created_at is None:
+        return out, None
+    return out, check_time(out.created_at, out.log_id, time.time() if now is None else now, limits.max_future_s)
 
 
 def parse_decision(raw: bytes, now: float | None = None, limits: Limits = DEFAULT_LIMITS) -> Decision:
     """A decision, validated as the event it will become: serve runs this on every decision before logging it."""
+    return read_decision(raw, now, limits)[0]
+
+
+def read_decision(raw: bytes, now: float | None = None, limits: Limits = DEFAULT_LIMITS) -> tuple[Decision, float]:
+    """`parse_decision` and the decision's event time."""
     check_size(raw, limits)
     d: Decision = decode(raw, Decision)
-    check_time(d.created_at, d.log_id, time.time() if now is None else now, limits.max_future_s)
+    t = check_time(d.created_at, d.log_id, time.time() if now is None else now, limits.max_future_s)
     if max(d.action.weights()) <= 0.0:
         raise InvalidEvent("out_of_range", "action", "all seven weights are zero", d.log_id)
     c = d.state.candidate_features
@@ -221,7 +231,7 @@ def parse_decision(raw: bytes, now: float | None = None, limits: Limits = DEFAUL
             f"price_min {c.price_min} is above price_max {c.price_max}",
             d.log_id,
         )
-    return d
+    return d, t
 
 
 def parse_retraction(raw: bytes) -> Retraction | None:
@@ -312,6 +322,24 @@ def joined_event(decision: Decision, outcome: Outcome | None) -> dict[str, Any]:
         if outcome.ranking_metadata:
             ev["ranking_metadata"] = msgspec.to_builtins(outcome.ranking_metadata)
     return ev
+
+
+def joined_bytes(raw_decision: bytes, decision: Decision, outcome: Outcome | None) -> bytes:
+    """The joined event as JSON: the logged decision's own bytes with the outcome's fields appended (JSON's last
+    key wins, as the event parser documents), when the decision's state is complete (serve freezes it); else
+    built from `joined_event`. Saves re-encoding every decision (~7 us of the join's main thread a search)."""
+    c = decision.state.candidate_features
+    body = raw_decision.rstrip()
+    if c.price_min is None or c.price_max is None or not body.endswith(b"}") or body[:1] != b"{":
+        return _ENCODER.encode(joined_event(decision, outcome))
+    if outcome is None:
+        tail = b',"ranking":[],"outcomes":{"user_action":"none"}}'
+    else:
+        tail = b',"ranking":' + _ENCODER.encode(outcome.ranking) + b',"outcomes":' + _ENCODER.encode(outcome.outcomes)
+        if outcome.ranking_metadata:
+            tail += b',"ranking_metadata":' + _ENCODER.encode(outcome.ranking_metadata)
+        tail += b"}"
+    return body[:-1] + tail
 
 
 def schemas() -> dict[str, dict[str, Any]]:

@@ -148,7 +148,8 @@ def _joining_streamer(
                 return writer.stored_time(log_id_hash(log_id))
 
         return JoinSource(inner, is_decision, st.dead_letter, j.window_s, j.lateness_s, stored, st.metrics,
-                          limits=cfg.limits(), max_waiting=j.max_waiting_outcomes)  # fmt: skip
+                          limits=cfg.limits(), max_waiting=j.max_waiting_outcomes,
+                          stored_until=lambda: writer.newest_stored_time)  # fmt: skip
 
     if j.decisions.startswith("kafka://"):
         ks = kafka_settings(cfg, j.decisions)

@@ -67,6 +67,8 @@ class BufferWriter:
         # Dedup index: sealed rows (sorted hashes, their event times) and the open segment's rows.
         self._sealed_hashes = np.empty(0, dtype=np.uint64)
         self._sealed_times = np.empty(0, dtype=np.float64)
+        # event time of the newest row this writer knows stored: nothing newer can be found by stored_time()
+        self.newest_stored_time = float("-inf")
         self._open_hashes: dict[int, float] = {}
         self._load_recent(manifest)
         self.segments_sealed = 0
@@ -103,6 +105,8 @@ class BufferWriter:
         at = np.searchsorted(self._sealed_hashes, new_h)
         self._sealed_hashes = np.insert(self._sealed_hashes, at, new_h)
         self._sealed_times = np.insert(self._sealed_times, at, new_t)
+        if len(new_t):
+            self.newest_stored_time = max(self.newest_stored_time, float(new_t.max()))
 
     def _in_sealed(self, hashes: np.ndarray) -> np.ndarray:
         sh = self._sealed_hashes
@@ -182,6 +186,7 @@ class BufferWriter:
             fresh.append(i)
         m = len(fresh)
         if m:
+            self.newest_stored_time = max(self.newest_stored_time, max(times[i] for i in fresh))
             while self._n + m > self._cap:
                 self._grow(self._cap * 2)
             lo, hi = self._n, self._n + m
