@@ -73,6 +73,7 @@ def outcome_for(log_id: str, **kw: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- row 1
+@pytest.mark.slow
 def test_a_future_dated_outcome_cannot_erase_the_conversions_of_later_searches(tmp_path: Path) -> None:
     """A search engine whose clock runs 50 minutes ahead: serve refuses its time stamp (400), and one that reaches
     the outcomes log another way cannot move the join's watermark: every later purchase is stored."""
@@ -102,6 +103,7 @@ def test_a_future_dated_outcome_cannot_erase_the_conversions_of_later_searches(t
 
 
 # ---------------------------------------------------------------------------------------------------- row 2
+@pytest.mark.slow
 def test_the_stored_state_is_the_state_the_policy_saw(tmp_path: Path) -> None:
     """The rank request's candidates price the state (10/500/50); the outcome shows only the 500 one. The row keeps
     the state served (min 10, max 500), with the served weights and log-density."""
@@ -132,6 +134,7 @@ def test_the_stored_state_is_the_state_the_policy_saw(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- row 3
+@pytest.mark.slow
 def test_what_the_join_would_refuse_serve_refuses_first(tmp_path: Path) -> None:
     with serving(tmp_path) as url:
         huge = rank_request()
@@ -242,6 +245,7 @@ def test_a_refused_decision_that_becomes_durable_later_is_not_stored() -> None:
     assert [(e["log_id"], e["outcomes"]["user_action"]) for e in events] == [("b", "none")] and not dead
 
 
+@pytest.mark.slow
 def test_a_decision_refused_with_503_leaves_nothing_the_join_stores(tmp_path: Path) -> None:
     """The decisions log fails (a full device), then recovers at the same path: the 503 leaves nothing stored,
     readiness comes back by itself, and the retried search is stored once."""
@@ -273,6 +277,7 @@ def test_a_decision_refused_with_503_leaves_nothing_the_join_stores(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------------------------------------- row 5
+@pytest.mark.slow
 def test_one_log_id_is_one_decision(tmp_path: Path) -> None:
     with serving(tmp_path) as url:
         code, first = post(url + "/v1/rank", rank_request(log_id="once"))
@@ -301,6 +306,7 @@ def test_one_log_id_is_one_decision(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- row 6
+@pytest.mark.slow
 def test_logs_survive_rotation_and_refuse_a_second_writer(tmp_path: Path) -> None:
     """logrotate's default (move, then create) under load, with the streamer running: every acknowledged decision
     is in one of the two files and stored once. A second serve on the same logs fails at start, saying why."""
@@ -343,6 +349,7 @@ def test_outcomes_for_unknown_ids_are_bounded_in_number_and_time() -> None:
     assert join.waiting_outcomes == 0 and join.positions()["o"] == 500  # the position moved past every one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [200])
 def test_fuzzed_accepted_requests_are_stored_exactly_as_served(tmp_path: Path, n: int) -> None:
     """Random valid requests of every shape the rank schema allows: each one serve answers 200 is stored with the

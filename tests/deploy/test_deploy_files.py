@@ -16,6 +16,7 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+@pytest.mark.tools
 def test_systemd_units_verify_and_expose_at_most_2(unit: Path) -> None:
     """Reported: StartLimitIntervalSec sat in [Service] (ignored: restarts every 10 s forever) and the exposure
     was 9.2 UNSAFE. The units must parse without a warning and stay at or below 2.0."""
@@ -66,6 +67,7 @@ def compose() -> dict:
     return dict(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
 
 
+@pytest.mark.tools
 def test_compose_file_is_valid_against_the_compose_specification(compose: dict, compose_schema: dict) -> None:
     import jsonschema
 
@@ -125,6 +127,7 @@ def test_compose_commands_are_rankrl_commands(compose: dict) -> None:
         assert args.command == argv[0], name
 
 
+@pytest.mark.tools
 def test_prometheus_and_alertmanager_configs_pass_their_tools(tmp_path: Path) -> None:
     for tool in ("promtool", "amtool"):
         if shutil.which(tool) is None:

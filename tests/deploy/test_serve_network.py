@@ -38,6 +38,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 def test_only_tokens_with_the_scope_may_rank_or_report(tmp_path: Path) -> None:
     with serving(tmp_path, "--set", f"serve.tokens_file={tokens(tmp_path)}") as url:
         assert post(url + "/v1/rank", rank_request())[0] == 401
@@ -60,6 +61,7 @@ def test_only_tokens_with_the_scope_may_rank_or_report(tmp_path: Path) -> None:
     assert RANK in log_text  # the fixture holds it; the service's own output never does (checked by serving())
 
 
+@pytest.mark.slow
 def test_serve_beyond_loopback_without_tokens_refuses_to_start(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "rankrl", "serve", "--models", str(tmp_path / "m"), "--host", "0.0.0.0",
                         "--port", "0", "--decisions", f"file://{tmp_path / 'd.jsonl'}",
@@ -68,6 +70,7 @@ def test_serve_beyond_loopback_without_tokens_refuses_to_start(tmp_path: Path) -
     assert r.returncode == 2 and "serve.tokens_file" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_one_report_cannot_claim_an_implausible_reward(tmp_path: Path) -> None:
     with serving(tmp_path) as url:
         post(url + "/v1/rank", rank_request(log_id="f"))
@@ -127,6 +130,7 @@ def raw_http(url: str, data: bytes, read_s: float = 15.0) -> bytes:
         return out
 
 
+@pytest.mark.slow
 def test_heads_bodies_and_slow_clients_are_bounded(tmp_path: Path) -> None:
     limits = ["--set", "serve.max_body_bytes=1048576", "--set", "serve.read_timeout_s=1.5",
               "--set", "serve.max_header_bytes=16384"]  # fmt: skip
@@ -166,6 +170,7 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_damaged_champion_at_start_serves_the_earlier_one_and_says_so(tmp_path: Path, two_versions: Path) -> None:
     shutil.copytree(two_versions, tmp_path / "models")
     assert ModelRegistry(tmp_path / "models").champion() == "v0002"
@@ -185,6 +190,7 @@ def test_a_damaged_champion_at_start_serves_the_earlier_one_and_says_so(tmp_path
         assert json.loads(urllib.request.urlopen(url + "/readyz").read())["status"] == "ready"
 
 
+@pytest.mark.slow
 def test_every_response_carries_the_mean_that_reproduces_its_log_propensity(tmp_path: Path) -> None:
     from common.exploration import DirichletExploration
     from common.schema import ACTION_KEYS
@@ -199,6 +205,7 @@ def test_every_response_carries_the_mean_that_reproduces_its_log_propensity(tmp_
     assert abs(lp - r["log_propensity"]) < 1e-9
 
 
+@pytest.mark.slow
 def test_a_client_reproduces_served_log_propensities_from_policy_onnx(tmp_path: Path, two_versions: Path) -> None:
     """What an engine in another language does: run the champion's policy.onnx (onnxruntime) on the features of the
     logged state, apply the contract's density to the served weights: within the contract's tolerances."""
