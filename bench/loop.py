@@ -15,6 +15,11 @@ found by policy gradient on the closed form (REINFORCE through the Dirichlet den
 constant in the weights, so there is no pathwise gradient), for a linear-softmax and a 2x64 MLP-softmax policy over
 the standardised state. Per cycle it prints the decision, the champion's true conversion, the candidate's ESS/n and
 the fraction of the way from the logger to the better ceiling; at the end the share of cycle time spent training.
+
+`--drift K` changes the world from cycle K on (`--drift-kind inverted`: the trait-fit and brand scores turn
+around, x -> 1 - x, as a feature pipeline that changes meaning would): from then on the truth, the logger's value
+and the ceiling are those of the changed world (computed in the same run), and the summary gives the cycles of
+changed traffic the champion took to get back above that world's logger and to 70% of its way.
 """
 
 from __future__ import annotations
@@ -124,9 +129,18 @@ class CycleRow:
     phases: dict[str, float]
 
 
+@dataclass
+class Regime:
+    """A world in force from cycle `start`, with its logger's true value and its ceiling."""
+
+    start: int
+    world: RankingWorld
+    logger_true: float
+    ceiling: float
+
+
 def run_loop(
-    cfg: RankrlConfig, world: RankingWorld, seed: int, cycles: int, searches: int, truth: int, ceiling: float,
-    logger_true: float, out: Path,
+    cfg: RankrlConfig, regimes: list[Regime], seed: int, cycles: int, searches: int, truth: int, out: Path,
 ) -> list[CycleRow]:  # fmt: skip
     ex = DirichletExploration.from_config(cfg.exploration)
     buf, models = out / "buffer", out / "models"
@@ -135,9 +149,11 @@ def run_loop(
     registry = ModelRegistry(models)
     rng = np.random.default_rng(1000 + seed)
     t0 = time.time() - cycles * searches * 0.05 - 3600
-    champion_policy: Policy = world.logging_policy
+    champion_policy: Policy = regimes[0].world.logging_policy
     rows: list[CycleRow] = []
     for c in range(1, cycles + 1):
+        regime = [g for g in regimes if g.start <= c][-1]
+        world, logger_true, ceiling = regime.world, regime.logger_true, regime.ceiling
         cols = buffer_columns(world, champion_policy, ex, searches, rng, t0 + (c - 1) * searches * 0.05, c * 10**7)
         assert set(cols) == set(EVENT_COLUMNS)
         offsets = list(range((c - 1) * searches, c * searches))
@@ -177,6 +193,24 @@ def run_loop(
     return rows
 
 
+def ceilings_of(world: RankingWorld, wc: WorldConfig, ex: DirichletExploration, args: argparse.Namespace) -> dict:
+    """The best linear- and MLP-softmax policies' true conversion in `world` (cached: they depend only on the world,
+    the exploration and the optimiser's settings)."""
+    key = f"k{ex.kappa:g}-a{ex.min_alpha:g}-i{args.ceiling_iters}-b{args.ceiling_batch}-t{args.truth_contexts}"
+    if wc.inverted_signals:
+        key += "-inv" + "".join(map(str, wc.inverted_signals))
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "bench" / f"loop-ceiling-{key}.json"
+    if cache.exists():
+        return dict(json.loads(cache.read_text()))
+    ceilings = {}
+    for name, hidden in (("linear-softmax", 0), ("2x64 MLP-softmax", 64)):
+        pol = fit_ceiling(world, ex, hidden, args.ceiling_iters, args.ceiling_batch, seed=5)
+        ceilings[name] = world.true_value(pol.as_policy(), ex, n_contexts=args.truth_contexts, seed=77).conversion
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(ceilings))
+    return ceilings
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
@@ -186,39 +220,34 @@ def main() -> int:
     p.add_argument("--ceiling-iters", type=int, default=400)
     p.add_argument("--ceiling-batch", type=int, default=4096)
     p.add_argument("--set", action="append", default=[], help="section.field=value for the trainer (repeatable)")
+    p.add_argument("--drift", type=int, default=0, help="the world changes from this cycle on (0: never)")
+    p.add_argument("--drift-kind", default="inverted", choices=["inverted"], help="how it changes")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)  # TorchScript's deprecation, on every export
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     cfg: RankrlConfig = load_config(environ={}, cli=parse_set_flags(args.set))
-    world = RankingWorld(WorldConfig(n_candidates=100))
     ex = DirichletExploration.from_config(cfg.exploration)
     t0 = time.perf_counter()
-    logger_true = world.true_value(world.logging_policy, ex, n_contexts=args.truth_contexts, seed=77).conversion
-    # The ceiling depends only on the world, the exploration and the optimiser's settings: cached between runs.
-    key = f"k{ex.kappa:g}-a{ex.min_alpha:g}-i{args.ceiling_iters}-b{args.ceiling_batch}-t{args.truth_contexts}"
-    cache = Path(__file__).resolve().parents[1] / ".cache" / "bench" / f"loop-ceiling-{key}.json"
-    if cache.exists():
-        ceilings = json.loads(cache.read_text())
-    else:
-        ceilings = {}
-        for name, hidden in (("linear-softmax", 0), ("2x64 MLP-softmax", 64)):
-            pol = fit_ceiling(world, ex, hidden, args.ceiling_iters, args.ceiling_batch, seed=5)
-            ceilings[name] = world.true_value(pol.as_policy(), ex, n_contexts=args.truth_contexts, seed=77).conversion
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(ceilings))
-    ceiling = max(ceilings.values())
     print(f"# bench/loop.py {' '.join(sys.argv[1:])}")
     print(f"# trainer overrides: {args.set or 'none (defaults)'}")
-    print(f"logging policy true conversion {100 * logger_true:.3f}%; ceilings at kappa {ex.kappa:g}: "
-          + ", ".join(f"{k} {100 * v:.3f}%" for k, v in ceilings.items())
-          + f"  ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    worlds = [(1, WorldConfig(n_candidates=100))]
+    if args.drift:
+        worlds.append((args.drift, WorldConfig(n_candidates=100, inverted_signals=(2, 3))))
+    regimes = []
+    for start, wc in worlds:
+        world = RankingWorld(wc)
+        logger_true = world.true_value(world.logging_policy, ex, n_contexts=args.truth_contexts, seed=77).conversion
+        ceilings = ceilings_of(world, wc, ex, args)
+        regimes.append(Regime(start, world, logger_true, max(ceilings.values())))
+        print(f"from cycle {start}: logging policy true conversion {100 * logger_true:.3f}%; ceilings at kappa "
+              f"{ex.kappa:g}: " + ", ".join(f"{k} {100 * v:.3f}%" for k, v in ceilings.items())
+              + f"  ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     finals = []
     for seed in (int(s) for s in args.seeds.split(",")):
         seed_cfg = load_config(environ={}, base=cfg, cli={"trainer": {"seed": seed}})
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_loop(seed_cfg, world, seed, args.cycles, args.searches, args.truth_contexts, ceiling,
-                            logger_true, Path(tmp))  # fmt: skip
+            rows = run_loop(seed_cfg, regimes, seed, args.cycles, args.searches, args.truth_contexts, Path(tmp))
         worse = [
             (b.cycle, 100 * (b.champion_true - a.champion_true))
             for a, b in itertools.pairwise(rows)
@@ -228,6 +257,13 @@ def main() -> int:
         finals.append(rows[-1].fraction)
         print(f"  seed {seed}: final {100 * rows[-1].fraction:.1f}% of the way; promotions truly worse than their "
               f"predecessor by > 0.05 pp: {worse or 'none'}; time in training {100 * train_share:.0f}%")  # fmt: skip
+        if args.drift:
+            after = [r for r in rows if r.cycle >= args.drift]
+            back = next((i for i, r in enumerate(after) if r.fraction >= 0), None)
+            seventy = next((i for i, r in enumerate(after) if r.fraction >= 0.7), None)
+            print(f"  seed {seed}: after the change at cycle {args.drift}, cycles of changed traffic to get back above "
+                  f"the new logger: {back if back is not None else 'not within the run'}; to 70% of the new way: "
+                  f"{seventy if seventy is not None else 'not within the run'}")  # fmt: skip
     print(f"median over seeds: {100 * float(np.median(finals)):.1f}% of the way from the logger to the ceiling")
     print(f"({time.perf_counter() - t0:.0f}s)")
     return 0

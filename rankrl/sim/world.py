@@ -66,6 +66,9 @@ class WorldConfig:
     n_shown: int = 10
     examination_decay: float = 1.0  # θ_k = k^-η
     duplicate_signal: tuple[int, int] | None = None  # (src, dst): φ_dst := φ_src, an exact-null construction
+    # A feature pipeline that changes meaning: these signals turn around (φ -> 1 - φ), e.g. (2, 3) for the trait-fit
+    # and brand scores. The users do not change; what the engine's signals say about them does (bench/loop.py --drift).
+    inverted_signals: tuple[int, ...] = ()
     # The logging policy's mean weights: softmax(logging_logits + z(s) W), W ~ N(0, logging_personalisation²).
     # The default favours popularity signals and is a decent ranker (a worse logger does not leave more evaluable
     # headroom at kappa 20: exploration, not the mean, dominates what is served).
@@ -187,6 +190,8 @@ class RankingWorld:
         if self.config.duplicate_signal is not None:
             src, dst = self.config.duplicate_signal
             phi[..., dst] = phi[..., src]
+        for j in self.config.inverted_signals:
+            phi[..., j] = 1.0 - phi[..., j]
 
         # "none" stays at logit 0; deeper levels rise with the utility (softmax is shift-invariant otherwise).
         logits = np.concatenate([np.zeros((n, m, 1)), util[..., None] - LEVEL_OFFSETS[1:]], axis=-1)

@@ -81,3 +81,23 @@ def test_deterministic_policy_logs_no_propensity(world: RankingWorld) -> None:
     _, _, logp, events = next(simulate(world, 50, seed=1, policy=personalised_policy, exploration=None))
     assert np.isnan(logp).all()
     assert all("log_propensity" not in e for e in events)
+
+
+def test_a_changed_feature_pipeline_turns_signals_around_and_moves_the_best_weights() -> None:
+    """bench/loop.py --drift: the same users and candidates, the trait-fit and brand scores turned around; a policy
+    that leans on them converts worse in the changed world, while the logger's signals-agnostic parts are kept."""
+    import numpy as np
+
+    from common.exploration import DirichletExploration
+    from rankrl.sim import RankingWorld, WorldConfig
+    from rankrl.sim.policies import targeted_policy
+
+    old, new = RankingWorld(WorldConfig()), RankingWorld(WorldConfig(inverted_signals=(2, 3)))
+    a, b = old.contexts(500, np.random.default_rng(1)), new.contexts(500, np.random.default_rng(1))
+    assert np.allclose(b.signals[..., (2, 3)], 1.0 - a.signals[..., (2, 3)])
+    assert np.array_equal(a.states, b.states) and np.allclose(
+        a.signals[..., (0, 1, 4, 5, 6)], b.signals[..., (0, 1, 4, 5, 6)]
+    )
+    ex = DirichletExploration()
+    lean = targeted_policy(old, 2.0)
+    assert new.true_value(lean, ex, 10_000, seed=3).conversion < old.true_value(lean, ex, 10_000, seed=3).conversion
