@@ -149,6 +149,7 @@ class JoinSource:
         # partition key (decisions and outcomes) -> (newest event time seen there, wall-clock time of its last read)
         self._newest: dict[str, tuple[float, float]] = {}
         self._next: dict[str, int] = {}  # key -> position after the last record read
+        self._reported: dict[str, int] = {}  # the positions last handed on with a record
         self._watermark = float("-inf")
         self.emitted = 0
         self.reread = 0  # records read again after a restart that belong to events already stored
@@ -418,12 +419,21 @@ class JoinSource:
                 m.join_duplicates.inc(self.duplicates - before[3])
                 for kind, n in self.retracted.items():
                     m.join_retractions.labels(result=kind).inc(n - before[4][kind])
-            if not out and not records:
+            if not out and not records and self._n_waiting == 0 and self._reported == self._next:
                 return out
             positions = self.positions()
-            if not out:
+            if not out and not records:
+                # nothing read, nothing closed, but held records may have expired (dead-lettered): carry the moved
+                # positions on, so a quiet stream does not keep re-reading them after a restart
+                moved = [k for k, v in positions.items() if self._reported.get(k) != v]
+                if not moved:
+                    return out
+                key = moved[0]
+                out = [Record(key, positions[key], positions[key], None, marker=True)]
+            elif not out:
                 r = records[-1]
                 out = [Record(r.key, r.offset, positions.get(r.key, 0), None, r.topic, r.partition, marker=True)]
+            self._reported = dict(positions)
             for r in out:
                 # never the decision's own next position: older records of its partition may still be held
                 r.next_position = positions.get(r.key, r.offset)

@@ -83,7 +83,7 @@ def test_a_future_dated_outcome_cannot_erase_the_conversions_of_later_searches(t
         future = iso_now(time.time() + 50 * 60)
         code, e = post(url + "/v1/outcome", outcome_for("ghost", created_at=future))
         assert code == 400 and e["field"] == "created_at" and e["reason"] == "out_of_range", e
-        joiner = stream(tmp_path, idle_s=4.0)
+        joiner = stream(tmp_path, idle_s=8.0)
         # the same outcome written straight to the log (a producer that is not serve), read while decisions are quiet
         with open(tmp_path / "outcomes.jsonl", "ab") as f:
             f.write(orjson.dumps(outcome_for("ghost", created_at=future)) + b"\n")
@@ -310,7 +310,6 @@ def test_one_log_id_is_one_decision(tmp_path: Path) -> None:
 def test_logs_survive_rotation_and_refuse_a_second_writer(tmp_path: Path) -> None:
     """logrotate's default (move, then create) under load, with the streamer running: every acknowledged decision
     is in one of the two files and stored once. A second serve on the same logs fails at start, saying why."""
-    joiner = stream(tmp_path, idle_s=5.0)
     acked: list[str] = []
     with serving(tmp_path) as url:
         second = subprocess.run(
@@ -319,6 +318,7 @@ def test_logs_survive_rotation_and_refuse_a_second_writer(tmp_path: Path) -> Non
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode == 1 and "written by another process" in second.stderr, second.stderr[-2000:]
+        joiner = stream(tmp_path, idle_s=8.0)
 
         def load() -> None:
             for i in range(300):
@@ -347,6 +347,29 @@ def test_outcomes_for_unknown_ids_are_bounded_in_number_and_time() -> None:
     events, dead, join = run_join(records("o", ghosts), max_waiting=100)
     assert not events and len(dead) == 500 and {r for r, _ in dead} == {"unknown_decision"}
     assert join.waiting_outcomes == 0 and join.positions()["o"] == 500  # the position moved past every one
+
+
+@pytest.mark.slow
+def test_a_flood_of_future_dated_unknown_outcomes_neither_grows_memory_nor_freezes_the_position(tmp_path: Path) -> None:
+    """20,000 outcomes for ids no decision has, dated 50 minutes ahead (a client whose clock runs ahead), then real
+    traffic: the real streamer dead-letters every one within join.lateness_s (at most join.max_waiting_outcomes
+    waiting), stores the searches, and the outcomes file's stored position reaches its end."""
+    future = iso_now(time.time() + 3000)
+    (tmp_path / "outcomes.jsonl").write_bytes(
+        b"".join(orjson.dumps(outcome_for(f"ghost{i}", created_at=future)) + b"\n" for i in range(20_000))
+    )
+    (tmp_path / "decisions.jsonl").write_bytes(b"")
+    with serving(tmp_path) as url:
+        for i in range(20):
+            assert post(url + "/v1/rank", rank_request(log_id=f"real{i}"))[0] == 200
+            assert post(url + "/v1/outcome", outcome_for(f"real{i}"))[0] == 202
+    finish(stream(tmp_path, "--set", "join.max_waiting_outcomes=1000"))
+    rows = stored(tmp_path)
+    assert len(rows) == 20 and sum(int(r["converted"]) for r in rows.values()) == 20
+    assert dead_letter_reasons(tmp_path)["unknown_decision"] == 20_000
+    positions = open_buffer(tmp_path / "buffer").manifest().positions
+    end = (tmp_path / "outcomes.jsonl").stat().st_size
+    assert [v for k, v in positions.items() if k.endswith("outcomes.jsonl")] == [end]
 
 
 @pytest.mark.slow
