@@ -262,8 +262,8 @@ def main() -> int:
             back = next((i for i, r in enumerate(after) if r.fraction >= 0), None)
             seventy = next((i for i, r in enumerate(after) if r.fraction >= 0.7), None)
             print(f"  seed {seed}: after the change at cycle {args.drift}, cycles of changed traffic to get back above "
-                  f"the new logger: {back if back is not None else 'not within the run'}; to 70% of the new way: "
-                  f"{seventy if seventy is not None else 'not within the run'}")  # fmt: skip
+                  f"the new logger: {back + 1 if back is not None else 'not within the run'}; to 70% of the new way: "
+                  f"{seventy + 1 if seventy is not None else 'not within the run'}")  # fmt: skip
     print(f"median over seeds: {100 * float(np.median(finals)):.1f}% of the way from the logger to the ceiling")
     print(f"({time.perf_counter() - t0:.0f}s)")
     return 0
