@@ -109,8 +109,10 @@ def main() -> int:
     ap.add_argument("--out", default="")
     ap.add_argument("--kafka", action="store_true", help="measure on Kafka topics too")
     args = ap.parse_args()
-    lines = [f"# python bench/join_throughput.py --searches {args.searches} --repeat {args.repeat}"
-             + (" --kafka" if args.kafka else "")]
+    lines = [
+        f"# python bench/join_throughput.py --searches {args.searches} --repeat {args.repeat}"
+        + (" --kafka" if args.kafka else "")
+    ]
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         n, n_out = write_inputs(tmp, args.searches)
