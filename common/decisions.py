@@ -43,6 +43,7 @@ from common.schema import (
     RankedItem,
     SearchLogEvent,
     State,
+    check_decided,
     check_outcomes,
     check_time,
     decoded,
@@ -221,16 +222,7 @@ def read_decision(raw: bytes, now: float | None = None, limits: Limits = DEFAULT
     check_size(raw, limits)
     d: Decision = decode(raw, Decision)
     t = check_time(d.created_at, d.log_id, time.time() if now is None else now, limits.max_future_s)
-    if max(d.action.weights()) <= 0.0:
-        raise InvalidEvent("out_of_range", "action", "all seven weights are zero", d.log_id)
-    c = d.state.candidate_features
-    if c.price_min is not None and c.price_max is not None and c.price_min > c.price_max:
-        raise InvalidEvent(
-            "inconsistent",
-            "state.candidate_features.price_min",
-            f"price_min {c.price_min} is above price_max {c.price_max}",
-            d.log_id,
-        )
+    check_decided(d.state, d.action, d.log_id)
     return d, t
 
 

@@ -301,6 +301,21 @@ def check_outcomes(out: Outcomes, n: int, log_id: str) -> None:
         )
 
 
+def check_decided(state: State, action: Action, log_id: str) -> None:
+    """What a decision must be besides its fields' bounds: weights not all zero, price_min <= price_max (shared by
+    the event and the decision, common/decisions.py)."""
+    if max(action.weights()) <= 0.0:
+        raise InvalidEvent("out_of_range", "action", "all seven weights are zero: the ranking is undefined", log_id)
+    c = state.candidate_features
+    if c.price_min is not None and c.price_max is not None and c.price_min > c.price_max:
+        raise InvalidEvent(
+            "inconsistent",
+            "state.candidate_features.price_min",
+            f"price_min {c.price_min} is above price_max {c.price_max}",
+            log_id,
+        )
+
+
 def check_time(created_at: str | float, log_id: str, now: float, max_future_s: float = MAX_FUTURE_S) -> float:
     """`created_at` in seconds since the epoch, or InvalidEvent when unparseable, before 2000 or in the future."""
     try:
@@ -409,17 +424,8 @@ def parse_event(
         # JSON text cannot carry NaN or inf through msgspec (NaN is malformed, 1e999 is out of range);
         # a dict built in Python can.
         _check_finite(ev)
-    if max(ev.action.weights()) <= 0.0:
-        raise InvalidEvent("out_of_range", "action", "all seven weights are zero: the ranking is undefined", log_id)
+    check_decided(ev.state, ev.action, log_id)
     check_outcomes(ev.outcomes, len(ev.ranking), log_id)
-    c = ev.state.candidate_features
-    if c.price_min is not None and c.price_max is not None and c.price_min > c.price_max:
-        raise InvalidEvent(
-            "inconsistent",
-            "state.candidate_features.price_min",
-            f"price_min {c.price_min} is above price_max {c.price_max}",
-            log_id,
-        )
     if ev.propensity is not None and ev.log_propensity is not None:
         lp = math.log(ev.propensity)
         if abs(lp - ev.log_propensity) > 1e-6 * max(1.0, abs(lp)):

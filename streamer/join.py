@@ -57,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -207,17 +208,25 @@ class JoinSource:
         newest = self._newest.get(key)
         self._newest[key] = (t if newest is None or t > newest[0] else newest[0], now)
 
-    def _add_decision(self, r: Record) -> None:
+    def _read(self, r: Record, read: Callable[..., Any]) -> Any:
+        """`read(value)`, or None after handling a record that is not one: a retraction is applied, anything else
+        is a dead letter."""
         raw = r.value or b""
         try:
-            d, t = read_decision(raw, limits=self.limits)
+            return read(raw, limits=self.limits)
         except InvalidEvent as e:
             rt = parse_retraction(raw) if e.reason == "missing_field" else None
             if rt is not None:
                 self._retract(rt)
             else:
                 self.dead_letter(r, e)
+            return None
+
+    def _add_decision(self, r: Record) -> None:
+        got = self._read(r, read_decision)
+        if got is None:
             return
+        d, t = got
         now = self.clock()
         o = self._open.get(d.log_id)
         if o is not None:
@@ -252,16 +261,10 @@ class JoinSource:
         self._open[d.log_id] = o
 
     def _add_outcome(self, r: Record) -> None:
-        raw = r.value or b""
-        try:
-            out, t_out = read_outcome(raw, limits=self.limits)
-        except InvalidEvent as e:
-            rt = parse_retraction(raw) if e.reason == "missing_field" else None
-            if rt is not None:
-                self._retract(rt)
-            else:
-                self.dead_letter(r, e)
+        got = self._read(r, read_outcome)
+        if got is None:
             return
+        out, t_out = got
         now = self.clock()
         t = self._event_time(t_out, now) if t_out is not None else now
         self._seen(r.key, t, now)

@@ -27,7 +27,7 @@ from streamer.encode import log_id_hash
 from streamer.join import JoinSource
 from streamer.sources.base import Record
 from tests.deploy.test_service import lines, rank_request, serving
-from tests.streamer.test_join import dead_letter_reasons
+from tests.streamer.test_join import TwoPartitions, dead_letter_reasons
 
 WINDOW, LATENESS = 2.0, 0.5
 
@@ -184,38 +184,14 @@ def lines_of_one_decision() -> dict[str, Any]:
             "policy_version": "default", "ranking_metadata": req["ranking_metadata"]}  # fmt: skip
 
 
-class Queued:
-    """A source handing out what the test queues, one poll at a time."""
-
-    def __init__(self, *batches: list[Record]) -> None:
-        self.queued = list(batches)
-
-    def poll(self, timeout_s: float) -> list[Record]:
-        return self.queued.pop(0) if self.queued else []
-
-    def behind(self) -> set[str]:
-        return set()
-
-    def commit(self, positions: dict[str, int]) -> bool:
-        return True
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def lag(self) -> dict[str, int]:
-        return {}
-
-    def caught_up(self) -> bool:
-        return not self.queued
-
-    def close(self) -> None: ...
-
-
 def run_join(
     *batches: list[Record], max_waiting: int = 100_000
 ) -> tuple[list[dict], list[tuple[str, str]], JoinSource]:
     now = [time.time()]
     dead: list[tuple[str, str]] = []
-    join = JoinSource(Queued(*batches), lambda r: r.key == "d", lambda r, e: dead.append((e.reason, e.log_id or "")),
+    src = TwoPartitions()
+    src.queued = list(batches)
+    join = JoinSource(src, lambda r: r.key == "d", lambda r, e: dead.append((e.reason, e.log_id or "")),
                       WINDOW, LATENESS, clock=lambda: now[0], max_waiting=max_waiting)  # fmt: skip
     out = [r for _ in range(len(batches)) for r in join.poll(0)]
     now[0] += 10 * WINDOW

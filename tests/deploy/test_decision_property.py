@@ -22,6 +22,7 @@ from streamer.encode import encode
 from streamer.join import JoinSource
 from streamer.sources.base import Record
 from tests.deploy.fuzz_requests import rank_requests
+from tests.streamer.test_join import TwoPartitions
 
 
 class MemoryLog:
@@ -40,30 +41,6 @@ class MemoryLog:
         return True
 
     def alive(self) -> bool:
-        return True
-
-    def close(self) -> None: ...
-
-
-class Once:
-    def __init__(self, records: list[Record]) -> None:
-        self.batches = [records]
-
-    def poll(self, timeout_s: float) -> list[Record]:
-        return self.batches.pop(0) if self.batches else []
-
-    def behind(self) -> set[str]:
-        return set()
-
-    def commit(self, positions: dict[str, int]) -> bool:
-        return True
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def lag(self) -> dict[str, int]:
-        return {}
-
-    def caught_up(self) -> bool:
         return True
 
     def close(self) -> None: ...
@@ -95,7 +72,9 @@ def test_any_accepted_request_is_stored_exactly_as_served(req: dict) -> None:
     served = orjson.loads(answer)
     (record,) = log.records
     now = [time.time()]
-    join = JoinSource(Once([Record("d", 0, 1, record[1], topic="d")]), lambda r: True,
+    src = TwoPartitions()
+    src.queued = [[Record("d", 0, 1, record[1], topic="d")]]
+    join = JoinSource(src, lambda r: True,
                       lambda r, e: (_ for _ in ()).throw(AssertionError(f"dead letter {e}")), 1.0, 0.0,
                       clock=lambda: now[0])  # fmt: skip
     join.poll(0)

@@ -40,6 +40,14 @@ def read_topic(kafka: KafkaBroker, topic: str, n: int) -> list[tuple[bytes, byte
     return out
 
 
+def join_cmd(kafka: KafkaBroker, dec: str, out: str, buf: Path) -> list[str]:
+    """`rankrl stream` joining serve's two topics into `buf` until idle, with a short window."""
+    return [sys.executable, "-m", "rankrl", "stream", "--decisions", f"kafka://{kafka.bootstrap}/{dec}",
+            "--outcomes", f"kafka://{kafka.bootstrap}/{out}", "--buffer", str(buf), "--metrics-port", "0",
+            "--group-id", kafka.topic("g"), "--stop-when-idle", "3",
+            "--set", "join.window_s=2", "--set", "join.lateness_s=0.5"]  # fmt: skip
+
+
 def test_serve_logs_to_kafka_and_the_join_stores_each_search_once(kafka: KafkaBroker, tmp_path: Path) -> None:
     dec, out = kafka.topic("decisions"), kafka.topic("outcomes")
     create_topic(kafka, dec, partitions=3)
@@ -64,10 +72,7 @@ def test_serve_logs_to_kafka_and_the_join_stores_each_search_once(kafka: KafkaBr
     first = by_id[responses[0]["log_id"]]
     assert first["log_propensity"] == responses[0]["log_propensity"] and first["action"] == responses[0]["weights"]
 
-    cmd = [sys.executable, "-m", "rankrl", "stream", "--decisions", f"kafka://{kafka.bootstrap}/{dec}",
-           "--outcomes", f"kafka://{kafka.bootstrap}/{out}", "--buffer", str(tmp_path / "buffer"),
-           "--metrics-port", "0", "--group-id", kafka.topic("g"), "--stop-when-idle", "3",
-           "--set", "join.window_s=2", "--set", "join.lateness_s=0.5"]  # fmt: skip
+    cmd = join_cmd(kafka, dec, out, tmp_path / "buffer")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     w = open_buffer(tmp_path / "buffer").load()
@@ -268,10 +273,7 @@ def test_a_broker_outage_leaves_every_acknowledged_record_stored_once_and_every_
                 time.sleep(0.2)
             stop.set()
             t.join()
-        cmd = [sys.executable, "-m", "rankrl", "stream", "--decisions", f"kafka://{kafka.bootstrap}/{dec}",
-               "--outcomes", f"kafka://{kafka.bootstrap}/{out}", "--buffer", str(tmp_path / "buffer"),
-               "--metrics-port", "0", "--group-id", kafka.topic("g"), "--stop-when-idle", "3",
-               "--set", "join.window_s=2", "--set", "join.lateness_s=0.5"]  # fmt: skip
+        cmd = join_cmd(kafka, dec, out, tmp_path / "buffer")
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     w = open_buffer(tmp_path / "buffer").load()
