@@ -188,6 +188,14 @@ def test_a_damaged_champion_at_start_serves_the_earlier_one_and_says_so(tmp_path
         while time.time() < deadline and json.loads(urllib.request.urlopen(url + "/readyz").read())["warnings"]:
             time.sleep(0.2)
         assert json.loads(urllib.request.urlopen(url + "/readyz").read())["status"] == "ready"
+        # a running instance whose new champion is damaged keeps serving the one it has, and says so
+        (tmp_path / "models" / "champion").write_text(json.dumps({"version": "v0002", "since": time.time()}))
+        deadline = time.time() + 10
+        while time.time() < deadline and not json.loads(urllib.request.urlopen(url + "/readyz").read())["warnings"]:
+            time.sleep(0.2)
+        ready = json.loads(urllib.request.urlopen(url + "/readyz").read())
+        assert ready["status"] == "degraded" and "still serving v0001" in ready["warnings"][0], ready
+        assert post(url + "/v1/rank", rank_request())[1]["policy_version"] == "v0001"
 
 
 @pytest.mark.slow
