@@ -16,10 +16,70 @@ before this type existed (the same keys).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.ope import Estimate, PairedDifference, WeightDiagnostics
+
+# The estimators' results (common/ope.py computes them): plain records, importable without numpy or scipy, so that
+# reading a report (the registry, `rankrl status`) does not load the statistics stack.
+@dataclass(frozen=True)
+class Estimate:
+    """A policy value with its 95% intervals (t on influence values; bootstrap percentile when computed)."""
+
+    value: float
+    se: float
+    ci_low: float
+    ci_high: float
+    boot_low: float | None = None
+    boot_high: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Δ = V(candidate) − V(champion) on the same rows, with one-sided lower bounds at level 1 − α."""
+
+    delta: float
+    se: float
+    lcb_t: float
+    lcb_boot: float | None
+    lcb: float  # min(lcb_t, lcb_boot): what the gate compares with its margin
+    ci_low: float  # two-sided (1 − 2α) t interval, for reports and plots
+    ci_high: float
+    mde80: float  # smallest Δ detectable with 80% power at this n and noise
+    n: int
+    bootstrap_replicates: int = 0  # how many bootstrap replicates gave lcb_boot (fewer when a decision settled early)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightDiagnostics:
+    """How far the importance weights can be trusted (each is a gate floor; see trainer/gate.py)."""
+
+    n: int
+    ess: float  # Kish: (Σw)² / Σw²
+    ess_fraction: float
+    effective_conversions: float  # ESS × observed conversion rate
+    max_weight_share: float  # max w / Σw
+    mean_weight: float  # E_b[w] = 1 under a correct density with full support
+    mean_weight_tolerance: float  # max(0.05, 3 sd(w)/√n)
+    pareto_k: float  # generalised-Pareto shape of the upper weight tail (PSIS k̂)
+    log_weight_max: float
+    # The weights' distribution for plots: counts per bin of log10(w) on WEIGHT_LOG10_EDGES, the outer bins holding
+    # everything beyond them (None in reports written before it existed).
+    log10_histogram: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightDiagnostics:
+        h = d.get("log10_histogram")
+        return cls(**{**d, "log10_histogram": None if h is None else tuple(int(c) for c in h)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _estimate(d: dict[str, Any] | None) -> Estimate | None:

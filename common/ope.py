@@ -17,51 +17,17 @@ small step near the logger is detectable at modest n.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from scipy import optimize, stats
 from scipy.special import digamma, gammaln, logsumexp
 
 from common.exploration import DirichletExploration
+from common.gate_report import Estimate, PairedDifference, WeightDiagnostics  # the results, defined without scipy
 
 Estimator = Literal["ips", "snips"]
 Progress = Callable[[int], object]  # told how many bootstrap replicates were just computed
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A policy value with its 95% intervals (t on influence values; bootstrap percentile when computed)."""
-
-    value: float
-    se: float
-    ci_low: float
-    ci_high: float
-    boot_low: float | None = None
-    boot_high: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Δ = V(candidate) − V(champion) on the same rows, with one-sided lower bounds at level 1 − α."""
-
-    delta: float
-    se: float
-    lcb_t: float
-    lcb_boot: float | None
-    lcb: float  # min(lcb_t, lcb_boot): what the gate compares with its margin
-    ci_low: float  # two-sided (1 − 2α) t interval, for reports and plots
-    ci_high: float
-    mde80: float  # smallest Δ detectable with 80% power at this n and noise
-    n: int
-    bootstrap_replicates: int = 0  # how many bootstrap replicates gave lcb_boot (fewer when a decision settled early)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _t_interval(value: float, phi: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -211,32 +177,6 @@ def paired_difference(
 
 
 # ---------------------------------------------------------------------------------------------- diagnostics
-@dataclass(frozen=True)
-class WeightDiagnostics:
-    """How far the importance weights can be trusted (each is a gate floor; see trainer/gate.py)."""
-
-    n: int
-    ess: float  # Kish: (Σw)² / Σw²
-    ess_fraction: float
-    effective_conversions: float  # ESS × observed conversion rate
-    max_weight_share: float  # max w / Σw
-    mean_weight: float  # E_b[w] = 1 under a correct density with full support
-    mean_weight_tolerance: float  # max(0.05, 3 sd(w)/√n)
-    pareto_k: float  # generalised-Pareto shape of the upper weight tail (PSIS k̂)
-    log_weight_max: float
-    # The weights' distribution for plots: counts per bin of log10(w) on WEIGHT_LOG10_EDGES, the outer bins holding
-    # everything beyond them (None in reports written before it existed).
-    log10_histogram: tuple[int, ...] | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WeightDiagnostics:
-        h = d.get("log10_histogram")
-        return cls(**{**d, "log10_histogram": None if h is None else tuple(int(c) for c in h)})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # Bins of log10(w) for WeightDiagnostics.log10_histogram: 1/1000 to 1000, four per decade.
 WEIGHT_LOG10_EDGES = np.linspace(-3.0, 3.0, 25)
 

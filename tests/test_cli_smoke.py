@@ -97,3 +97,11 @@ def test_json_output_log_flags_after_the_subcommand_and_config_discovery(tmp_pat
     there = subprocess.run([sys.executable, "-m", "rankrl", "config"], capture_output=True, text=True, cwd=tmp_path,
                            env=env)  # fmt: skip
     assert "gate.alpha=0.03" in there.stdout.splitlines(), there.stderr
+
+
+def test_help_loads_neither_scipy_nor_torch() -> None:
+    """`rankrl --help` answers at once: reading the registry's reports does not load the statistics stack."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "rankrl", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    loaded = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    assert not loaded & {"scipy", "torch", "d3rlpy"}, sorted(loaded & {"scipy", "torch", "d3rlpy"})
