@@ -92,14 +92,14 @@ def test_one_report_cannot_claim_an_implausible_reward(tmp_path: Path) -> None:
 
 
 def test_a_request_that_times_out_never_harms_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 2-s filesystem stall: the waiting request fails (503) and the writer thread lives on, answering the next."""
+    """A 1-s filesystem stall: the waiting request fails (503) and the writer thread lives on, answering the next."""
     real_fsync = decision_log.os.fsync
     stall = {"left": 1}
 
     def slow_fsync(fd: int) -> None:
         if stall["left"]:
             stall["left"] -= 1
-            time.sleep(2.0)
+            time.sleep(1.0)
         real_fsync(fd)
 
     monkeypatch.setattr(decision_log.os, "fsync", slow_fsync)
@@ -109,7 +109,7 @@ def test_a_request_that_times_out_never_harms_the_writer(tmp_path: Path, monkeyp
         async def scenario() -> None:
             with pytest.raises(LogUnavailable, match="not durable within"):
                 await log.write([(b"k", b'{"n":1}')], 0.2)
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(1.2)
             await log.write([(b"k", b'{"n":2}')], 5.0)
 
         asyncio.run(scenario())

@@ -185,6 +185,7 @@ def test_a_new_champion_serves_without_a_restart_or_a_failed_request(tmp_path: P
     assert len(lines(tmp_path / "decisions.jsonl")) == len(codes)
 
 
+@pytest.mark.slow  # a process-level run (seconds): the full tier
 def test_rankrl_traffic_ranks_through_serve_and_reports_every_outcome(tmp_path: Path) -> None:
     """compose's traffic service: `rankrl traffic` ranks simulated searches through the service and reports each
     user's response later; every reported outcome names a logged decision."""

@@ -162,6 +162,7 @@ def events(n: int, seed: int) -> list[bytes]:
     return [orjson.dumps(e) + b"\n" for _, _, _, evs in simulate(RankingWorld(), n, seed=seed) for e in evs]
 
 
+@pytest.mark.slow  # three `rankrl stream` runs each: the full tier
 @pytest.mark.parametrize(
     "how", ["replaced_smaller", "replaced_larger", "truncated_rewritten_larger", "truncated_rewritten_smaller"]
 )

@@ -111,6 +111,7 @@ def check_buffer(tmp: Path, expected: dict) -> None:
     assert reasons["late_outcome"] == expected["late"] and reasons["unknown_decision"] == expected["unknown"], reasons
 
 
+@pytest.mark.slow  # a process-level run (seconds): the full tier
 def test_decisions_and_outcomes_become_events(tmp_path: Path) -> None:
     decisions, outcomes, expected = traffic(600)
     (tmp_path / "decisions.jsonl").write_bytes(b"".join(line for _, line in decisions))

@@ -201,6 +201,7 @@ def test_shrinkage_promotes_a_partial_step(world: RankingWorld) -> None:
     assert weights.get_data().values.sum() == r.evaluated_rows == sum(r.candidate_weights.log10_histogram)
 
 
+@pytest.mark.slow  # a process-level run (seconds): the full tier
 def test_bootstrapping_only_when_needed_decides_as_always(world: RankingWorld) -> None:
     """The bound is min(t, bootstrap): where t fails the bootstrap cannot promote, so skipping it changes nothing."""
     gate = PromotionGate(GateConfig(), EX, shrinkage_steps=(0.25, 0.5, 1.0))
