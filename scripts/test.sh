@@ -13,6 +13,7 @@ command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool + a real se
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)  # amtool check-config (compose's Alertmanager)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verify and security of the unit files
 command -v keytool >/dev/null || need_apt+=(openjdk-17-jre-headless)  # the test broker's TLS certificate
+command -v go >/dev/null || need_apt+=(golang-go)  # fetches the Compose specification's schema once (go mod download)
 if [ ${#need_apt[@]} -gt 0 ]; then
   line="apt-get update && apt-get install -y --no-install-recommends ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
