@@ -404,7 +404,8 @@ class DecisionService:
         finally:
             self._inflight.difference_update(ids)
         for i, lid, resp_bytes in decided:
-            self._remember(lid, requests[i], resp_bytes)
+            if requests[i].log_id is not None:  # only a caller's own id can be retried (a made-up one is new)
+                self._remember(lid, requests[i], resp_bytes)
         self.metrics.decisions.inc(len(records))
         self.metrics.replays.inc(len(replayed))
         answers = dict(replayed)
