@@ -324,7 +324,7 @@ class ServeConfig:
     # How far ahead of this host's clock an outcome's created_at may be (400 beyond it); decisions get serve's time.
     max_clock_skew_s: float = 60.0
     # A repeated rank of one log_id returns the first answer (same request) or 409 (another request): this many
-    # answered log_ids are remembered, each for join.window_s + join.lateness_s.
+    # caller-given log_ids are remembered, each for streamer.dedup_window_s (while a second one would be dropped).
     idempotency_entries: int = 100_000
     max_body_bytes: int = 16 << 20  # a request body larger than this is refused (413) while it is read
     max_header_bytes: int = 64 << 10  # request line and headers

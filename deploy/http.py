@@ -78,8 +78,6 @@ def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpT
             if self._refused:
                 return  # answered already: what still arrives is dropped until the connection closes
             if self._in_head:
-                if self._head_bytes == 0 and self.cycle is not None:
-                    self._arm()  # the first byte of the next request on a kept-alive connection
                 self._head_bytes += len(data)
             super().data_received(data)
             if self._in_head and self._head_bytes > max_header_bytes and not self.transport.is_closing():
@@ -87,13 +85,32 @@ def bounded_protocol(max_header_bytes: int, read_timeout_s: float) -> type[HttpT
                 self._refuse(b"431 Request Header Fields Too Large",
                              f"request line and headers over {max_header_bytes} bytes".encode())  # fmt: skip
 
+        def on_message_begin(self) -> None:
+            # the parser saw the first byte of a request (pipelined ones included): its head is being read
+            self._in_head, self._head_bytes = True, 1  # begun: a stall from here on is answered 408
+            if self._head_timer is None:
+                self._arm()
+            super().on_message_begin()
+
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._disarm()
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
-            self._in_head, self._head_bytes = True, 0
+            cycle = self.cycle
+            # (self.cycle is the newest request's: with pipelining it may be one not answered yet)
+            if cycle is not None and cycle.response_complete and cycle.more_body and not self.transport.is_closing():
+                # answered before its body was read (413, 408): the rest of the body cannot be told from a next
+                # request, so end the connection as a refused head is ended (lingering close)
+                self._refused = True
+                self._disarm()
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                    self.loop.call_later(LINGER_S, self.transport.close)
+                else:
+                    self.transport.close()
+                return
             super().on_response_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:

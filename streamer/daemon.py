@@ -121,6 +121,9 @@ def _streamer(
     stop_when_idle_s: float | None,
 ) -> Streamer:
     s = cfg.streamer
+    # A joined event is a decision and its merged outcome, each within max_record_bytes when read: the parse step
+    # takes the two together (plus the join's few added bytes), or the join would dead-letter searches serve accepted.
+    parse_limit = 2 * s.max_record_bytes + 4096 if cfg.join.enabled else s.max_record_bytes
     return Streamer(
         source_factory,
         writer,
@@ -132,7 +135,7 @@ def _streamer(
         parse_workers=s.parse_workers,
         max_pending_bytes=s.max_pending_bytes,
         dlq_flush_bytes=s.dlq_flush_bytes,
-        max_record_bytes=s.max_record_bytes,
+        max_record_bytes=parse_limit,
     )
 
 

@@ -153,9 +153,19 @@ def test_what_the_join_would_refuse_serve_refuses_first(tmp_path: Path) -> None:
         code, e = post(url + "/v1/rank", big)
         assert code == 400 and e["reason"] == "too_large", e
 
-        fits = rank_request(log_id="fits")  # ~0.6 MB: stored
+        fits = rank_request(log_id="fits")  # ~0.6 MB: stored, with an outcome of ~0.6 MB (together over 1 MiB)
         fits["ranking_metadata"] = big["ranking_metadata"][:3_000]
         assert post(url + "/v1/rank", fits)[0] == 200
+        shown = [f"p{i:07d}" + "y" * 50 for i in range(9_000)]
+        big_outcome = {
+            "log_id": "fits",
+            "ranking": shown,
+            "outcomes": {"user_action": "click", "interacted_ranks": [1]},
+        }
+        assert post(url + "/v1/outcome", big_outcome)[0] == 202
+        # an outcome dated before any window it could count in: refused, never held (it would stall the join)
+        code, e = post(url + "/v1/outcome", outcome_for("fits", created_at=946684800.0))
+        assert code == 400 and e["field"] == "created_at", e
         code, e = post(url + "/v1/rank/batch", {"requests": [rank_request(), crossed]})
         assert code == 400 and e["field"].startswith("requests[1].state"), e
         assert post(url + "/v1/rank", rank_request(log_id="plain"))[0] == 200
@@ -279,6 +289,19 @@ def test_one_log_id_is_one_decision(tmp_path: Path) -> None:
     row = stored(tmp_path)[log_id_hash("once")]
     assert row["log_propensity"] == first["log_propensity"] and row["converted"] == 1
     assert dead_letter_reasons(tmp_path)["duplicate_decision"] == 1
+
+
+@pytest.mark.slow
+def test_a_log_id_stays_taken_while_the_streamer_would_drop_a_second_decision(tmp_path: Path) -> None:
+    """After the join's window a re-ranked log_id would be dropped as a duplicate by the streamer: serve keeps
+    refusing it for streamer.dedup_window_s, instead of answering 200 for a decision nobody stores."""
+    short = ["--set", "join.window_s=1", "--set", "join.lateness_s=0.5", "--set", "streamer.dedup_window_s=30"]
+    with serving(tmp_path, *short) as url:
+        assert post(url + "/v1/rank", rank_request(log_id="t1"))[0] == 200
+        time.sleep(2.0)  # past window + lateness
+        other = rank_request(log_id="t1", session_id="later")
+        code, e = post(url + "/v1/rank", other)
+        assert code == 409 and e["error"] == "conflict", e
 
 
 # ---------------------------------------------------------------------------------------------------- row 6

@@ -150,6 +150,27 @@ def test_heads_bodies_and_slow_clients_are_bounded(tmp_path: Path) -> None:
         assert raw_http(url, half).startswith(b"HTTP/1.1 408")
         assert time.monotonic() - t0 < 10
         assert post(url + "/v1/rank", rank_request())[0] == 200  # everyone else is still served
+        # pipelined: a second request whose 40 KB body arrives after the first's answer is not taken for a head
+        small = json.dumps(rank_request(log_id="pl1")).encode()
+        large = json.dumps(rank_request(log_id="pl2", session_id="z" * 40_000)).encode()
+
+        def req(body: bytes) -> bytes:
+            return (b"POST /v1/rank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body)) + body  # fmt: skip
+
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=15) as s:
+            second = req(large)
+            s.sendall(req(small) + second[:2000])
+            time.sleep(0.3)
+            s.sendall(second[2000:])
+            got = b""
+            while got.count(b"HTTP/1.1 ") < 2 or not got.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert got.count(b"HTTP/1.1 200") == 2, got[:300]
         metrics = urllib.request.urlopen(url + "/metrics").read().decode()
         assert 'rankrl_serve_refused_requests_total{reason="too_large"} 1.0' in metrics
         assert 'rankrl_serve_refused_requests_total{reason="read_timeout"} 1.0' in metrics
