@@ -220,9 +220,9 @@ class DecisionService:
         # idempotency: log_id -> (request digest, expiry, response bytes) of answered ranks; ids being answered
         self._answered: OrderedDict[str, tuple[bytes, float, bytes]] = OrderedDict()
         # a decision's window and lateness: an outcome dated before this much ago cannot count any more
-        self._answer_ttl_window = cfg.join.window_s + cfg.join.lateness_s
+        self._outcome_max_age_s = cfg.join.window_s + cfg.join.lateness_s
         # a log_id stays taken as long as the streamer would drop a second decision for it (its dedup window)
-        self._answer_ttl_s = max(cfg.streamer.dedup_window_s, self._answer_ttl_window)
+        self._answer_ttl_s = max(cfg.streamer.dedup_window_s, self._outcome_max_age_s)
         self._inflight: set[str] = set()
         self._stop = threading.Event()
         self._reloader: threading.Thread | None = None
@@ -439,9 +439,9 @@ class DecisionService:
     async def outcome(self, request: Request) -> Response:
         now = time.time()
         out: Outcome = parse_outcome(await self._body(request), now, self.outcome_limits)
-        if out.created_at is not None and _timestamp(out.created_at) < now - self._answer_ttl_window:
+        if out.created_at is not None and _timestamp(out.created_at) < now - self._outcome_max_age_s:
             raise InvalidEvent("out_of_range", "created_at", f"{out.created_at!r} is older than join.window_s + "
-                               f"join.lateness_s ({self._answer_ttl_window:g}s): no window it could count in is open",
+                               f"join.lateness_s ({self._outcome_max_age_s:g}s): no window it could count in is open",
                                out.log_id)  # fmt: skip
         out = msgspec.structs.replace(
             out, created_at=out.created_at if out.created_at is not None else iso_now(now),
